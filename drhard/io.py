@@ -1,0 +1,343 @@
+"""On-disk formats of DRhard, in one place.
+
+Every artifact the pipeline reads or writes goes through this module: token-id
+memmaps with their ``_meta`` JSON and ``_length.npy``, the ``*2offset.pickle``
+id maps, offset qrels, rank files and embedding memmaps.  Writers are atomic:
+they write under a temporary name in the same folder and rename when complete,
+so a killed process never leaves a file that a rerun would trust.
+
+Words: ``qid``/``pid`` are the collection's ids; ``qoffset``/``poffset`` are
+rows of the memmaps (what preprocess assigned).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from collections import OrderedDict
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "dev", "test", "lead")
+
+
+class DataError(ValueError):
+    """Malformed input.  The message names the file (and line where there is one)."""
+
+
+def data_error(path: str, lineno: Optional[int], msg: str) -> DataError:
+    where = f"{path}:{lineno}" if lineno is not None else str(path)
+    return DataError(f"{where}: {msg}")
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _tmp_name(path: str) -> str:
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{base}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    For writers that want a file name (np.save, faiss, torch).  On any exception
+    the temporary file is removed and ``path`` is left as it was.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
+    """Open a temporary file for writing and rename it onto ``path`` when the block ends cleanly."""
+    with atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` on success."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.rmdir(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_tmp(folder: str) -> None:
+    """Delete temporary files that a killed writer left in ``folder``."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".") and (".tmp-" in name or ".old-" in name):
+            p = os.path.join(folder, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+
+
+# --------------------------------------------------------------------------- token-id caches
+def meta_path(prefix: str) -> str:
+    return prefix + "_meta"
+
+
+def length_path(prefix: str) -> str:
+    return prefix + "_length.npy"
+
+
+def write_meta(prefix: str, total_number: int, embedding_size: int, dtype: str = "int32") -> None:
+    """``<prefix>_meta`` exactly as the original writes it (json.dump, default separators)."""
+    meta = {"type": dtype, "total_number": int(total_number), "embedding_size": int(embedding_size)}
+    with atomic_write(meta_path(prefix)) as f:
+        json.dump(meta, f)
+
+
+def read_meta(prefix: str) -> dict:
+    path = meta_path(prefix)
+    if not os.path.exists(path):
+        raise data_error(path, None, "missing (run preprocess.py first)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        meta["total_number"] = int(meta["total_number"])
+        meta["embedding_size"] = int(meta["embedding_size"])
+        np.dtype(meta["type"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise data_error(path, None, f"not a DRhard meta file ({e})") from None
+    return meta
+
+
+def token_cache_complete(prefix: str) -> bool:
+    """True when ``prefix`` (a memmap written by preprocess) and its meta/lengths agree in size."""
+    try:
+        check_token_cache(prefix)
+        return True
+    except DataError:
+        return False
+
+
+def check_token_cache(prefix: str) -> Tuple[dict, int]:
+    meta = read_meta(prefix)
+    n, width = meta["total_number"], meta["embedding_size"]
+    itemsize = np.dtype(meta["type"]).itemsize
+    if not os.path.exists(prefix):
+        raise data_error(prefix, None, "missing (run preprocess.py first)")
+    size = os.path.getsize(prefix)
+    if size != n * width * itemsize:
+        raise data_error(prefix, None, f"truncated or wrong size: {size} bytes, meta says "
+                         f"{n} rows x {width} x {itemsize} B = {n * width * itemsize}")
+    lp = length_path(prefix)
+    if not os.path.exists(lp):
+        raise data_error(lp, None, "missing (run preprocess.py first)")
+    return meta, n
+
+
+class TokenCache:
+    """Rows of a preprocess memmap (``passages``, ``train-query``, ...) as id lists.
+
+    ``cache[i]`` returns the real ids of row ``i`` (padding dropped);
+    ``cache.get(i, max_len)`` cuts them as the original does:
+    ``[ids[0]] + ids[1:n] + [ids[len-1]]``, ``n = min(max_len-1, len-1)``.
+    """
+
+    def __init__(self, prefix: str):
+        meta, n = check_token_cache(prefix)
+        self.prefix = prefix
+        self.ids = np.memmap(prefix, dtype=meta["type"], mode="r", shape=(n, meta["embedding_size"]))
+        self.lengths = np.load(length_path(prefix), allow_pickle=False)
+        if len(self.lengths) != n:
+            raise data_error(length_path(prefix), None, f"{len(self.lengths)} lengths for {n} rows")
+        self.width = meta["embedding_size"]
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, i: int) -> List[int]:
+        return self.ids[i, : int(self.lengths[i])].tolist()
+
+    def get(self, i: int, max_len: int) -> List[int]:
+        return cut_ids(self[i], max_len)
+
+
+def cut_ids(ids: Sequence[int], max_len: int) -> List[int]:
+    """Keep ``<s>`` and the final ``</s>`` when cutting a stored row to ``max_len`` (SPEC 4)."""
+    ids = list(ids)
+    if len(ids) <= max_len:
+        return ids
+    n = min(max_len - 1, len(ids) - 1)
+    return [ids[0]] + ids[1:n] + [ids[-1]]
+
+
+# --------------------------------------------------------------------------- id maps (pickles)
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):  # noqa: D401 - pickle API
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: an id map holds only ints")
+
+
+def load_offset_map(path: str) -> Dict[int, int]:
+    """Load ``pid2offset.pickle`` / ``<mode>-qid2offset.pickle`` (dict of int -> int).
+
+    The original format is a pickle; we read it with an unpickler that refuses
+    every global, so a crafted file cannot run code.
+    """
+    if not os.path.exists(path):
+        raise data_error(path, None, "missing (run preprocess.py first)")
+    try:
+        with open(path, "rb") as f:
+            obj = _NoGlobalsUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise data_error(path, None, f"not a DRhard id map ({e})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, int) and isinstance(v, int) for k, v in obj.items()):
+        raise data_error(path, None, "not a DRhard id map (expected a dict of int -> int)")
+    return obj
+
+
+def save_offset_map(path: str, mapping: Dict[int, int]) -> None:
+    with atomic_write(path, "wb") as f:
+        pickle.dump(mapping, f, protocol=4)
+
+
+# --------------------------------------------------------------------------- qrels and runs
+def _open_text(path: str):
+    if not os.path.exists(path):
+        raise data_error(path, None, "file not found")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _clean_line(path: str, lineno: int, raw: str) -> str:
+    if raw.endswith("\r\n") or raw.endswith("\r"):
+        raise data_error(path, lineno, "CRLF line ending (convert the file with dos2unix)")
+    if lineno == 1 and raw.startswith("\ufeff"):
+        raise data_error(path, lineno, "starts with a UTF-8 byte-order mark (remove it)")
+    return raw.rstrip("\n")
+
+
+def iter_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """Yield ``(lineno, line)`` without the newline; CRLF, BOM and bad UTF-8 are errors."""
+    with _open_text(path) as f:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(f, 1):
+                yield lineno, _clean_line(path, lineno, raw)
+        except UnicodeDecodeError as e:
+            raise data_error(path, lineno + 1, f"not valid UTF-8 ({e.reason})") from None
+
+
+def parse_int(path: str, lineno: int, value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise data_error(path, lineno, f"{what} {value!r} is not an integer") from None
+
+
+def read_offset_qrels(path: str, min_rel: int = 1) -> "OrderedDict[int, List[int]]":
+    """``qoffset 0 poffset rel`` (tab or space) -> {qoffset: [poffset, ...]} in file order.
+
+    Pairs with ``rel < min_rel`` are not relevant (graded test qrels keep 0s).
+    Every query of the file is a key, even when none of its lines is relevant.
+    """
+    rels: "OrderedDict[int, List[int]]" = OrderedDict()
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        cols = line.split()
+        if len(cols) != 4:
+            raise data_error(path, lineno, f"expected 4 columns 'qid 0 pid rel', got {len(cols)}")
+        q = parse_int(path, lineno, cols[0], "query id")
+        p = parse_int(path, lineno, cols[2], "passage id")
+        r = parse_int(path, lineno, cols[3], "relevance")
+        lst = rels.setdefault(q, [])
+        if r >= min_rel and p not in lst:
+            lst.append(p)
+    return rels
+
+
+def read_rank(path: str) -> "OrderedDict[int, List[int]]":
+    """``qid pid rank`` (tab or space, 1-based ranks) -> {qid: [pid by rank]}."""
+    runs: "OrderedDict[int, List[Tuple[int, int]]]" = OrderedDict()
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        cols = line.split()
+        if len(cols) != 3:
+            raise data_error(path, lineno, f"expected 3 columns 'qid pid rank', got {len(cols)}")
+        q = parse_int(path, lineno, cols[0], "query id")
+        p = parse_int(path, lineno, cols[1], "passage id")
+        r = parse_int(path, lineno, cols[2], "rank")
+        runs.setdefault(q, []).append((r, p))
+    return OrderedDict((q, [p for _, p in sorted(v)]) for q, v in runs.items())
+
+
+def write_rank(path: str, qids: Iterable[int], pid_lists: Iterable[Iterable[int]]) -> None:
+    """Write ``qid\\tpid\\trank`` (1-based), skipping faiss's -1 fillers; atomic."""
+    with atomic_write(path) as f:
+        for qid, pids in zip(qids, pid_lists):
+            rank = 0
+            for pid in pids:
+                pid = int(pid)
+                if pid < 0:
+                    continue
+                rank += 1
+                f.write(f"{int(qid)}\t{pid}\t{rank}\n")
+
+
+# --------------------------------------------------------------------------- embeddings
+def open_embeddings(path: str, dim: Optional[int] = None, n: Optional[int] = None) -> np.memmap:
+    """Open a float32 ``[N, dim]`` embedding memmap (no header; the shape comes from the caller).
+
+    Either ``dim`` or ``n`` must be known; the file size must be a whole number of rows.
+    """
+    if not os.path.exists(path):
+        raise data_error(path, None, "embedding memmap not found")
+    size = os.path.getsize(path)
+    if dim is None and n is None:
+        raise ValueError("open_embeddings needs dim or n")
+    if dim is None:
+        if n <= 0 or size % (4 * n):
+            raise data_error(path, None, f"{size} bytes is not {n} float32 rows")
+        dim = size // (4 * n)
+    if size % (4 * dim):
+        raise data_error(path, None, f"{size} bytes is not a whole number of float32 rows of dim {dim} "
+                         "(truncated, or written by a model of another embedding size)")
+    rows = size // (4 * dim)
+    if n is not None and rows != n:
+        raise data_error(path, None, f"holds {rows} rows of dim {dim}, expected {n} "
+                         "(truncated, or written by a model of another embedding size)")
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+
+
+def save_array_memmap(path: str, array: np.ndarray, dtype) -> None:
+    """Write ``array`` as a raw memmap file (no header) atomically."""
+    with atomic_path(path) as tmp:
+        np.ascontiguousarray(array, dtype=dtype).tofile(tmp)

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="drhard",
+    version="0.1.0",
+    description="STAR and ADORE dense retrieval training (Zhan et al., SIGIR 2021), faithful to DRhard",
+    packages=find_packages(include=["drhard", "drhard.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.40",
+        "accelerate>=0.26",
+        "tokenizers>=0.15",
+        "safetensors",
+        "numpy",
+        "tqdm",
+        "tensorboard",
+        "pytrec_eval-terrier",
+        "bm25s",
+    ],
+    extras_require={
+        "cpu": ["faiss-cpu>=1.7.4"],
+        "gpu": ["faiss-gpu-cu12"],
+        "test": ["faiss-cpu>=1.7.4", "pytest", "hypothesis"],
+    },
+)
