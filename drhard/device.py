@@ -1,0 +1,27 @@
+"""One CPU/GPU code path: pick the device, the autocast context and the grad scaler."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(no_cuda: bool = False, index: int = 0) -> torch.device:
+    """``cuda:<index>`` when a GPU is visible and not refused, else CPU."""
+    if not no_cuda and torch.cuda.is_available():
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"GPU {index} requested but only {torch.cuda.device_count()} visible")
+        return torch.device(f"cuda:{index}")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, fp16: bool = False, bf16: bool = False):
+    """Mixed precision context for the encoder forward; a no-op when disabled."""
+    if not (fp16 or bf16):
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ValueError("--fp16/--bf16 need a CUDA GPU; none is in use (drop the flag to train in fp32 on CPU)")
+    return torch.autocast("cuda", dtype=torch.float16 if fp16 else torch.bfloat16)

@@ -1,0 +1,244 @@
+"""The dual encoder: ``RobertaDot`` of DRhard, over any Hugging Face encoder.
+
+RobertaDot (SPEC §5): RoBERTa without pooler -> first token's hidden state ->
+``Linear(hidden, output_embedding_size)`` -> ``LayerNorm``.  One encoder embeds
+queries and documents; relevance is the inner product.
+
+State-dict keys are ``roberta.*`` (the backbone, under its model type's usual
+prefix: ``bert.*`` for BERT/MiniLM), ``embeddingHead.{weight,bias}`` and
+``norm.{weight,bias}``, so a directory written by the original
+(``config.json`` + ``pytorch_model.bin``) loads unchanged.  Checkpoints whose
+backbone keys have no prefix (a plain ``RobertaModel``/``BertModel`` save, the
+sentence-transformers MiniLM) load too.  We save ``config.json`` +
+``model.safetensors``; extra config fields ``drhard_pooling`` (first|mean) and
+``drhard_head`` (bool) record the variant.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from .io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("first", "mean")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+_IGNORED_PREFIXES = ("lm_head.", "pooler.", "classifier.", "cls.", "qa_outputs.")
+
+
+class ModelLoadError(ValueError):
+    """A directory that does not hold a loadable dual encoder."""
+
+
+def _sentence_transformers_pooling(path: str) -> Optional[str]:
+    cfg = os.path.join(path, "1_Pooling", "config.json")
+    if not os.path.exists(cfg):
+        return None
+    with open(cfg, encoding="utf-8") as f:
+        pool = json.load(f)
+    if pool.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if pool.get("pooling_mode_cls_token"):
+        return "first"
+    return None
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    st = os.path.join(path, "model.safetensors")
+    pt = os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(st):
+        from safetensors.torch import load_file
+        return load_file(st, device="cpu")
+    if os.path.exists(pt):
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+            raise ModelLoadError(f"{pt}: cannot be read as a weights-only state dict ({e})") from None
+    raise ModelLoadError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+class RobertaDot(nn.Module):
+    """Dual encoder: backbone -> pooling (first token or mean) -> optional Linear+LayerNorm head."""
+
+    def __init__(self, config, pooling: str = "first", head: bool = True):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.config = config
+        try:
+            backbone = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            backbone = AutoModel.from_config(config)
+        self.backbone_prefix = getattr(backbone, "base_model_prefix", "") or "encoder_model"
+        self.add_module(self.backbone_prefix, backbone)
+        self.pooling = pooling
+        self.use_head = head
+        hidden = config.hidden_size
+        self.output_embedding_size = int(getattr(config, "output_embedding_size", None) or hidden) if head else hidden
+        if head:
+            self.embeddingHead = nn.Linear(hidden, self.output_embedding_size)
+            self.norm = nn.LayerNorm(self.output_embedding_size)
+            self._init_head()
+        config.drhard_pooling = pooling
+        config.drhard_head = head
+        if head:
+            config.output_embedding_size = self.output_embedding_size
+
+    # ------------------------------------------------------------------ construction
+    def _init_head(self) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        nn.init.normal_(self.embeddingHead.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.embeddingHead.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self, self.backbone_prefix)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.config, "pad_token_id", None)
+        return 1 if pad is None else int(pad)
+
+    @classmethod
+    def from_config(cls, config, pooling: str = "first", head: bool = True) -> "RobertaDot":
+        return cls(config, pooling=pooling, head=head)
+
+    @classmethod
+    def from_pretrained(cls, path: str, pooling: Optional[str] = None, head: Optional[bool] = None,
+                        output_embedding_size: Optional[int] = None) -> "RobertaDot":
+        """Load a local model directory.
+
+        ``pooling``/``head`` default to what the directory says: our own saves
+        record them; a checkpoint with ``embeddingHead.*`` weights (DRhard, ANCE)
+        or any RoBERTa gets the head (randomly initialised where absent, as the
+        original does from ``roberta-base``); a sentence-transformers directory
+        uses its pooling; otherwise first-token pooling without head.
+        """
+        if not os.path.isdir(path):
+            raise ModelLoadError(f"{path}: model directory not found (a local directory with config.json "
+                                 "and model weights is needed; nothing is downloaded)")
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{path}: config.json is missing or not a transformers config ({e})") from None
+        state = _read_state_dict(path)
+        has_head = "embeddingHead.weight" in state
+        if head is None:
+            head = getattr(config, "drhard_head", None)
+        if head is None:
+            head = has_head or config.model_type == "roberta"
+        if pooling is None:
+            pooling = getattr(config, "drhard_pooling", None) or _sentence_transformers_pooling(path) or "first"
+        if output_embedding_size is not None:
+            config.output_embedding_size = output_embedding_size
+        elif has_head and head:
+            config.output_embedding_size = int(state["embeddingHead.weight"].shape[0])
+        model = cls(config, pooling=pooling, head=head)
+        model._load_checkpoint_state(state, path)
+        return model
+
+    def _load_checkpoint_state(self, state: Dict[str, torch.Tensor], path: str) -> None:
+        prefix = self.backbone_prefix + "."
+        backbone_keys = set(self.backbone.state_dict().keys())
+        bb, hd, unused = {}, {}, []
+        for k, v in state.items():
+            if k.startswith(prefix):
+                bb[k[len(prefix):]] = v
+            elif k.startswith("embeddingHead.") or k.startswith("norm."):
+                hd[k] = v
+            elif k in backbone_keys:
+                bb[k] = v
+            else:
+                unused.append(k)
+        missing = sorted(backbone_keys - set(bb))
+        if missing:
+            raise ModelLoadError(
+                f"{path}: not a {self.config.model_type} dual-encoder checkpoint: {len(missing)} encoder "
+                f"weights missing (e.g. {missing[:3]}); found keys like {sorted(state)[:3]}")
+        self.backbone.load_state_dict({k: v.float() for k, v in bb.items() if k in backbone_keys}, strict=True)
+        if self.use_head:
+            if hd:
+                try:
+                    self.embeddingHead.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in hd.items()
+                                                        if k.startswith("embeddingHead.")})
+                    self.norm.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in hd.items()
+                                               if k.startswith("norm.")})
+                except RuntimeError as e:
+                    raise ModelLoadError(f"{path}: embeddingHead/norm weights do not fit ({e})") from None
+            else:
+                logger.info("%s has no embeddingHead/norm weights: the head starts from random init", path)
+        unused = [k for k in unused if not k.startswith(_IGNORED_PREFIXES) and not k.endswith("position_ids")]
+        if unused:
+            logger.warning("%s: %d checkpoint weights not used (e.g. %s)", path, len(unused), unused[:3])
+
+    # ------------------------------------------------------------------ forward
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of token ids: (B, L) -> (B, output_embedding_size)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        if self.pooling == "first":
+            emb = hidden[:, 0]  # (B, H)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
+        if self.use_head:
+            emb = self.norm(self.embeddingHead(emb))  # (B, D)
+        return emb
+
+    forward = encode
+    query_emb = encode
+    body_emb = encode
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ saving
+    def state_dict_for_save(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+
+    def save_pretrained(self, out_dir: str, tokenizer_dir: Optional[str] = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files copied from ``tokenizer_dir``)."""
+        from safetensors.torch import save_file
+        os.makedirs(out_dir, exist_ok=True)
+        self.config.architectures = ["RobertaDot"]
+        with atomic_path(os.path.join(out_dir, "config.json")) as tmp:
+            self.config.to_json_file(tmp)
+        with atomic_path(os.path.join(out_dir, "model.safetensors")) as tmp:
+            save_file(self.state_dict_for_save(), tmp, metadata={"format": "pt"})
+        if tokenizer_dir:
+            copy_tokenizer_files(tokenizer_dir, out_dir)
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy whatever tokenizer files ``src`` holds into ``dst`` (so a model directory carries its vocabulary)."""
+    if not src or not os.path.isdir(src) or os.path.abspath(src) == os.path.abspath(dst):
+        return
+    for name in TOKENIZER_FILES:
+        p = os.path.join(src, name)
+        if os.path.exists(p):
+            shutil.copyfile(p, os.path.join(dst, name))
+
+
+def build_tiny_roberta(vocab_size: int = 1000, hidden: int = 32, layers: int = 2, heads: int = 2,
+                       max_positions: int = 514, output_embedding_size: Optional[int] = None,
+                       seed: int = 0) -> RobertaDot:
+    """A small random RobertaDot for tests and the offline quickstart."""
+    from transformers import RobertaConfig
+    torch.manual_seed(seed)
+    config = RobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, intermediate_size=hidden * 4,
+                           max_position_embeddings=max_positions, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if output_embedding_size:
+        config.output_embedding_size = output_embedding_size
+    return RobertaDot(config, pooling="first", head=True)
