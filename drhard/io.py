@@ -341,3 +341,13 @@ def save_array_memmap(path: str, array: np.ndarray, dtype) -> None:
     """Write ``array`` as a raw memmap file (no header) atomically."""
     with atomic_path(path) as tmp:
         np.ascontiguousarray(array, dtype=dtype).tofile(tmp)
+
+
+# --------------------------------------------------------------------------- artifact names
+def token_prefix(preprocess_dir: str, name: str) -> str:
+    """Path prefix of the preprocess token memmap ``name`` (``passages``, ``dev-query``, ...).
+
+    The one place that turns a token-cache name into a path: ``TokenCache``,
+    ``read_meta`` and ``check_token_cache`` take what this returns.
+    """
+    return os.path.join(preprocess_dir, name)
