@@ -1,0 +1,112 @@
+"""Map a rank file of preprocess offsets back to official MS MARCO ids.
+
+    python ./cvt_back.py --input_dir ./data/passage/evaluate/adore-star/ \
+        --preprocess_dir ./data/passage/preprocess \
+        --output_dir ./data/passage/official_runs/adore-star --mode dev --dataset passage
+
+Reads ``<input_dir>/<mode>.rank.tsv`` (``qoffset\\tpoffset\\trank``), maps the
+query offset through the inverse of ``<preprocess_dir>/<mode>-qid2offset.pickle``
+and the passage offset through the inverse of ``pid2offset.pickle`` (``D`` prefix
+for ``--dataset doc``) and writes ``<output_dir>/<mode>.rank.tsv``
+(``qid\\tpid\\trank``).
+
+``--output_format trec`` writes ``<output_dir>/<mode>.rank.trec`` instead and
+``both`` writes both.  TREC lines are ``qid Q0 pid rank score tag``; rank files
+carry no scores, so the score is the pseudo-score ``-rank`` (decreasing with the
+rank, never tied), which gives trec_eval the same order.
+
+An existing output file is never overwritten (as in the original); outputs are
+written atomically, so a killed run leaves nothing behind.
+"""
+import argparse
+import contextlib
+import os
+import sys
+from typing import Dict, List
+
+from tqdm import tqdm
+
+from drhard.io import MODES, DataError, atomic_write, data_error, iter_lines, load_offset_map, parse_int
+
+
+def inverse_map(path: str) -> Dict[int, int]:
+    """offset -> id from an ``id -> offset`` pickle; two ids on one offset is an error."""
+    forward = load_offset_map(path)
+    inverse: Dict[int, int] = {}
+    for ident, offset in forward.items():
+        if offset in inverse:
+            raise data_error(path, None, f"ids {inverse[offset]} and {ident} share offset {offset}")
+        inverse[offset] = ident
+    return inverse
+
+
+def output_paths(output_dir: str, mode: str, output_format: str) -> List[str]:
+    names = {"tsv": [".rank.tsv"], "trec": [".rank.trec"], "both": [".rank.tsv", ".rank.trec"]}
+    return [os.path.join(output_dir, mode + ext) for ext in names[output_format]]
+
+
+def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outputs: List[str],
+            tag: str = "DRhard") -> int:
+    """Write ``outputs`` (``.tsv`` and/or ``.trec``) from ``input_path``; return the line count."""
+    qmap_path = os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle")
+    pmap_path = os.path.join(preprocess_dir, "pid2offset.pickle")
+    offset2qid = inverse_map(qmap_path)
+    offset2pid = inverse_map(pmap_path)
+    prefix = "D" if dataset == "doc" else ""
+    n = 0
+    with contextlib.ExitStack() as stack:
+        files = [(p, stack.enter_context(atomic_write(p))) for p in outputs]
+        for lineno, line in tqdm(iter_lines(input_path), desc="cvt_back", unit=" lines"):
+            if not line.strip():
+                continue
+            cols = line.split()
+            if len(cols) != 3:
+                raise data_error(input_path, lineno, f"expected 3 columns 'qoffset poffset rank', got {len(cols)}")
+            qoff = parse_int(input_path, lineno, cols[0], "query offset")
+            poff = parse_int(input_path, lineno, cols[1], "passage offset")
+            rank = parse_int(input_path, lineno, cols[2], "rank")
+            if qoff not in offset2qid:
+                raise data_error(input_path, lineno, f"query offset {qoff} is not in {qmap_path} "
+                                 f"(is this a --mode {mode} run of this preprocess dir?)")
+            if poff not in offset2pid:
+                raise data_error(input_path, lineno, f"passage offset {poff} is not in {pmap_path}")
+            qid, pid = offset2qid[qoff], f"{prefix}{offset2pid[poff]}"
+            for path, f in files:
+                if path.endswith(".trec"):
+                    f.write(f"{qid} Q0 {pid} {rank} {-rank} {tag}\n")
+                else:
+                    f.write(f"{qid}\t{pid}\t{rank}\n")
+            n += 1
+    return n
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input_dir", type=str, required=True)
+    parser.add_argument("--preprocess_dir", type=str, required=True)
+    parser.add_argument("--mode", type=str, choices=list(MODES), required=True)
+    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--dataset", type=str, choices=["passage", "doc"], required=True)
+    parser.add_argument("--output_format", choices=["tsv", "trec", "both"], default="tsv",
+                        help="tsv: <mode>.rank.tsv (default); trec: <mode>.rank.trec; both")
+    parser.add_argument("--run_tag", default="DRhard", help="tag column of TREC lines")
+    args = parser.parse_args(argv)
+
+    input_path = os.path.join(args.input_dir, f"{args.mode}.rank.tsv")
+    outputs = output_paths(args.output_dir, args.mode, args.output_format)
+    existing = [p for p in outputs if os.path.exists(p)]
+    if existing:
+        print(f"error: {existing[0]} already exists; cvt_back.py does not overwrite "
+              "(remove it or choose another --output_dir)", file=sys.stderr)
+        return 1
+    try:
+        n = convert(input_path, args.preprocess_dir, args.mode, args.dataset, outputs, args.run_tag)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {n} lines to {', '.join(outputs)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
