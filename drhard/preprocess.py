@@ -1,0 +1,538 @@
+"""MS MARCO text -> DRhard token-id memmaps (what ``preprocess.py`` runs).
+
+Outputs in ``out_data_dir`` are the original's, byte for byte for the same input and
+vocabulary (SPEC section 3):
+
+- ``passages.memmap`` int32 ``[N, max_seq_length]`` zero-padded rows, ``passages_length.npy``
+  (int32), ``passages_meta`` (JSON), ``pid2offset.pickle`` (pid -> row; doc ids without ``D``);
+- per mode in train/dev/test/lead: ``<mode>-query.memmap`` ``[Q, max_query_length]``,
+  ``<mode>-query_length.npy``, ``<mode>-query_meta``, ``<mode>-qid2offset.pickle`` and, for
+  train/dev/test, ``<mode>-qrel.tsv`` (``qoffset\\t0\\tpoffset\\trel`` in qrels-file order).
+  train/dev/test keep the queries that have a qrels line, in query-file order; lead keeps all.
+
+Plus one extra file, ``preprocess_manifest.json`` (flags, tokenizer fingerprint, pad id, row
+counts, input sizes).  Two deliberate differences from the original's files: the id-map
+pickles hold plain Python ints (the original's keys were numpy int32 scalars, which pickle
+as numpy globals and cannot be read by a safe loader), and a last line without a newline is
+kept (the original counted lines with ``wc -l`` and dropped it).
+
+How it runs: the collection is read in blocks of whole lines; a pool of ``--threads``
+processes (capped at the usable cores) parses, validates and tokenizes each block; the
+parent takes the results in file order (a bounded window of blocks in flight, so memory
+stays flat in corpus size) and appends padded rows to the memmap.  Every output is
+written into a staging folder ``.preprocess.tmp-<pid>`` inside ``out_data_dir`` and moved
+into place only when the whole run succeeded; a failed run leaves no output and no
+split folders (a stale staging folder of a killed run is removed by the next run).  A
+previous run's passages are reused when they are complete (sizes agree with the meta) and
+were made with the same tokenizer and lengths; queries are always rebuilt (cheap).
+
+Bad input.  Fatal (``DataError`` naming ``file:line``; the CLI exits with status 2):
+a missing input file; CRLF or a lone CR, a UTF-8 byte-order mark, undecodable bytes;
+a wrong number of tab-separated columns (also a blank line); a non-integer id, a doc id
+without its ``D``; a duplicate pid/docid or a duplicate qid within one query file; a
+passage or query whose text is empty after the original's stripping (transformers 2.8.0
+crashed on it; no row is invented for it); a qrels line whose qid is not in the mode's
+query file or whose pid/docid is not in the collection (the original crashed with a
+KeyError); a non-integer relevance; an empty collection.  Query files and qrels are
+validated before the collection is tokenized, so these errors come first, except an
+unknown pid/docid, which is known only after the collection.  Not errors: duplicate
+qrels lines (written twice, as the original did), qrels grades of 0, a doc with an
+empty url/title/body, an empty query or qrels file (0 rows, with a warning).
+"""
+from __future__ import annotations
+
+import array
+import collections
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import io as dio
+from .io import DataError, data_error
+
+logger = logging.getLogger(__name__)
+
+SEP = "<sep>"
+MEMMAP_SUFFIX = ".memmap"
+MANIFEST = "preprocess_manifest.json"
+BLOCK_BYTES = 1 << 20
+QUERY_BLOCK = 2000
+
+INPUT_FILES = {
+    "passage": {"collection": "collection.tsv",
+                "train": ("queries.train.tsv", "qrels.train.tsv"),
+                "dev": ("queries.dev.small.tsv", "qrels.dev.small.tsv"),
+                "test": ("msmarco-test2019-queries.tsv", "2019qrels-pass.txt"),
+                "lead": ("queries.eval.small.tsv", None)},
+    "doc": {"collection": "msmarco-docs.tsv",
+            "train": ("msmarco-doctrain-queries.tsv", "msmarco-doctrain-qrels.tsv"),
+            "dev": ("msmarco-docdev-queries.tsv", "msmarco-docdev-qrels.tsv"),
+            "test": ("msmarco-test2019-queries.tsv", "2019qrels-docs.txt"),
+            "lead": ("docleaderboard-queries.tsv", None)},
+}
+
+
+def parse_data_type(value) -> str:
+    """``0``/``doc`` -> ``doc``, ``1``/``passage`` -> ``passage`` (the original used 0/1)."""
+    v = str(value).strip().lower()
+    if v in ("0", "doc"):
+        return "doc"
+    if v in ("1", "passage"):
+        return "passage"
+    raise ValueError(f"data_type must be 0/doc or 1/passage, not {value!r}")
+
+
+@dataclass
+class PreprocessArgs:
+    data_dir: str
+    out_data_dir: str
+    data_type: str = "passage"
+    model_name_or_path: str = "roberta-base"
+    max_seq_length: int = 512
+    max_query_length: int = 64
+    max_doc_character: int = 10000
+    threads: int = 32
+    tokenizer_compat: str = "auto"
+    overwrite: bool = False
+    command: List[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- line parsing
+def _check_raw(path: str, lineno: int, line: str) -> None:
+    if "\r" in line:
+        raise data_error(path, lineno, "carriage return (CRLF line endings?); convert the file with dos2unix")
+
+
+def parse_collection_line(kind: str, path: str, lineno: int, line: str, max_doc_character: int) -> Tuple[int, str]:
+    """``(pid, text)`` of one collection line exactly as the original built the text."""
+    _check_raw(path, lineno, line)
+    if kind == "passage":
+        cols = line.strip().split("\t")
+        if len(cols) != 2:
+            raise data_error(path, lineno, f"expected 2 tab-separated columns 'pid<TAB>text', got {len(cols)}")
+        pid = dio.parse_int(path, lineno, cols[0], "passage id")
+        text = cols[1].rstrip()[:max_doc_character]
+        if not text:
+            raise data_error(path, lineno, f"passage {pid} has an empty text")
+        return pid, text
+    cols = line.split("\t")
+    if len(cols) != 4:
+        raise data_error(path, lineno, f"expected 4 tab-separated columns 'D<id> url title body', got {len(cols)}")
+    return (parse_doc_id(path, lineno, cols[0]),
+            (cols[1].rstrip() + SEP + cols[2].rstrip() + SEP + cols[3].rstrip())[:max_doc_character])
+
+
+def parse_doc_id(path: str, lineno: int, value: str) -> int:
+    if not value.startswith("D"):
+        raise data_error(path, lineno, f"document id {value!r} does not start with 'D'")
+    return dio.parse_int(path, lineno, value[1:], "document id")
+
+
+def parse_query_line(path: str, lineno: int, line: str) -> Tuple[int, str]:
+    _check_raw(path, lineno, line)
+    cols = line.split("\t")
+    if len(cols) != 2:
+        raise data_error(path, lineno, f"expected 2 tab-separated columns 'qid<TAB>text', got {len(cols)}")
+    qid = dio.parse_int(path, lineno, cols[0], "query id")
+    text = cols[1].rstrip()
+    if not text:
+        raise data_error(path, lineno, f"query {qid} has an empty text")
+    return qid, text
+
+
+# --------------------------------------------------------------------------- workers
+_TOKENIZER = None
+
+
+def _init_worker(tokenizer_path: str, compat: str, subprocess: bool = True) -> None:
+    global _TOKENIZER
+    if subprocess:  # one process per core: no extra threads inside the Rust tokenizers
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from .tokenization import load_tokenizer
+    _TOKENIZER = load_tokenizer(tokenizer_path, compat=compat)
+
+
+def _encode_rows(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``texts`` as one flat int32 array plus int32 lengths."""
+    ids = _TOKENIZER.encode_batch(texts, max_length)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _collection_block(task) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse, validate and tokenize one block of whole collection lines."""
+    kind, path, first_lineno, blob, max_length, max_doc_character = task
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        for k, raw in enumerate(blob.split(b"\n")):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise data_error(path, first_lineno + k, f"not valid UTF-8 ({e.reason})") from None
+        raise
+    if first_lineno == 1 and text.startswith("\ufeff"):
+        raise data_error(path, 1, "starts with a UTF-8 byte-order mark (remove it)")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    pids = np.empty(len(lines), dtype=np.int64)
+    texts = []
+    for k, line in enumerate(lines):
+        pid, t = parse_collection_line(kind, path, first_lineno + k, line, max_doc_character)
+        if not -(1 << 63) <= pid < (1 << 63):
+            raise data_error(path, first_lineno + k, f"id {pid} does not fit in 64 bits")
+        pids[k] = pid
+        texts.append(t)
+    flat, lengths = _encode_rows(texts, max_length)
+    return pids, flat, lengths
+
+
+def _query_block(task) -> Tuple[np.ndarray, np.ndarray]:
+    texts, max_length = task
+    return _encode_rows(texts, max_length)
+
+
+class _OrderedPool:
+    """Map ``fn`` over tasks in order with at most ``window`` tasks in flight.
+
+    ``Pool.imap`` would read the whole input ahead; this keeps memory bounded.  With one
+    worker everything runs in this process.
+    """
+
+    def __init__(self, workers: int, tokenizer_path: str, compat: str):
+        self.workers = workers
+        self.pool = None
+        if workers > 1:
+            self.pool = multiprocessing.get_context().Pool(workers, _init_worker, (tokenizer_path, compat))
+        else:
+            _init_worker(tokenizer_path, compat, subprocess=False)
+
+    def map(self, fn, tasks):
+        if self.pool is None:
+            for t in tasks:
+                yield fn(t)
+            return
+        pending = collections.deque()
+        window = 2 * self.workers
+        for t in tasks:
+            pending.append(self.pool.apply_async(fn, (t,)))
+            if len(pending) >= window:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+def _line_blocks(path: str, block_bytes: int):
+    """``(first_lineno, bytes)`` blocks of whole lines (split on ``\\n`` only)."""
+    lineno = 1
+    with open(path, "rb") as f:
+        while True:
+            blob = f.read(block_bytes)
+            if not blob:
+                return
+            if not blob.endswith(b"\n"):
+                blob += f.readline()
+            yield lineno, blob
+            lineno += blob.count(b"\n")
+
+
+class _RowWriter:
+    """Appends zero-padded int32 rows to a raw memmap file."""
+
+    def __init__(self, path: str, width: int):
+        self.f = open(path, "wb")
+        self.width = width
+        self.lengths = array.array("i")
+        self._cols = np.arange(width, dtype=np.int32)
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        block = np.zeros((len(lengths), self.width), dtype=np.int32)
+        block[self._cols[None, :] < lengths[:, None]] = flat
+        self.f.write(block.tobytes())
+        self.lengths.extend(lengths.tolist())
+
+    def close(self) -> np.ndarray:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        return np.frombuffer(self.lengths, dtype=np.int32) if len(self.lengths) else np.zeros(0, np.int32)
+
+    def abort(self) -> None:
+        self.f.close()
+
+
+def _save_token_cache(prefix: str, lengths: np.ndarray, width: int) -> None:
+    np.save(dio.length_path(prefix), np.asarray(lengths, dtype=np.int32))
+    dio.write_meta(prefix, len(lengths), width)
+
+
+def _save_pickle(path: str, mapping: Dict[int, int]) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(mapping, f, protocol=4)
+
+
+# --------------------------------------------------------------------------- queries and qrels
+@dataclass
+class _QuerySet:
+    mode: str
+    query_path: str
+    qrels_path: Optional[str]
+    qids: List[int]
+    texts: List[str]
+    qrels: List[Tuple[int, int, int, str]]  # (lineno, qid, pid, rel string)
+
+
+def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
+    qfile, rfile = INPUT_FILES[kind][mode]
+    qpath = os.path.join(data_dir, qfile)
+    seen: Dict[int, int] = {}
+    qids, texts = [], []
+    for lineno, line in dio.iter_lines(qpath):
+        qid, text = parse_query_line(qpath, lineno, line)
+        if qid in seen:
+            raise data_error(qpath, lineno, f"duplicate query id {qid} (first on line {seen[qid]})")
+        seen[qid] = lineno
+        qids.append(qid)
+        texts.append(text)
+    qrels = []
+    rpath = None
+    if rfile is not None:
+        rpath = os.path.join(data_dir, rfile)
+        for lineno, line in dio.iter_lines(rpath):
+            cols = line.split()
+            if len(cols) != 4:
+                raise data_error(rpath, lineno, f"expected 4 columns 'qid 0 pid rel', got {len(cols)}")
+            qid = dio.parse_int(rpath, lineno, cols[0], "query id")
+            pid = parse_doc_id(rpath, lineno, cols[2]) if kind == "doc" else \
+                dio.parse_int(rpath, lineno, cols[2], "passage id")
+            dio.parse_int(rpath, lineno, cols[3], "relevance")
+            if qid not in seen:
+                raise data_error(rpath, lineno, f"query id {qid} has no line in {qpath}")
+            qrels.append((lineno, qid, pid, cols[3]))
+        if not qrels:
+            logger.warning("%s is empty: %s-query will have no rows", rpath, mode)
+    if not qids:
+        logger.warning("%s is empty: %s-query will have no rows", qpath, mode)
+    return _QuerySet(mode, qpath, rpath, qids, texts, qrels)
+
+
+# --------------------------------------------------------------------------- the run
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str, inputs: dict) -> Optional[Dict[int, int]]:
+    prefix = os.path.join(out_dir, "passages")
+    memmap = prefix + MEMMAP_SUFFIX
+    try:
+        meta = dio.read_meta(prefix)
+        n, width = meta["total_number"], meta["embedding_size"]
+        if width != args.max_seq_length or not os.path.exists(memmap) or \
+                os.path.getsize(memmap) != n * width * np.dtype(meta["type"]).itemsize:
+            return None
+        if len(np.load(dio.length_path(prefix), mmap_mode="r")) != n:
+            return None
+        pid2offset = dio.load_offset_map(os.path.join(out_dir, "pid2offset.pickle"))
+        if len(pid2offset) != n:
+            return None
+    except (DataError, OSError, ValueError):
+        return None
+    man_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(man_path):
+        try:
+            with open(man_path, encoding="utf-8") as f:
+                old = json.load(f)
+            same = (old["tokenizer"]["fingerprint"] == fingerprint and old["data_type"] == args.data_type
+                    and old["flags"]["max_seq_length"] == args.max_seq_length
+                    and old["flags"]["max_doc_character"] == args.max_doc_character
+                    and old["inputs"].get(INPUT_FILES[args.data_type]["collection"])
+                    == inputs[INPUT_FILES[args.data_type]["collection"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            logger.info("existing passages were made with other settings or input: rebuilding them")
+            return None
+    else:
+        logger.warning("reusing complete passages in %s that have no %s (made by another tool?)", out_dir, MANIFEST)
+    return pid2offset
+
+
+def preprocess(args: PreprocessArgs) -> dict:
+    """Run the whole preprocessing; returns the manifest (also written to the output dir)."""
+    from .tokenization import load_tokenizer, resolve_tokenizer_path
+
+    t_start = time.time()
+    kind = parse_data_type(args.data_type)
+    args.data_type = kind
+    if args.max_seq_length < 2 or args.max_query_length < 2:
+        raise ValueError("max_seq_length and max_query_length must be at least 2 (<s> and </s>)")
+    files = INPUT_FILES[kind]
+    needed = [files["collection"]] + [f for m in dio.MODES for f in files[m] if f is not None]
+    missing = [f for f in needed if not os.path.isfile(os.path.join(args.data_dir, f))]
+    if missing:
+        raise data_error(args.data_dir, None, "missing input files: " + ", ".join(missing))
+    inputs = {f: os.path.getsize(os.path.join(args.data_dir, f)) for f in needed}
+
+    tok_path = str(resolve_tokenizer_path(args.model_name_or_path))
+    tokenizer = load_tokenizer(tok_path, compat=args.tokenizer_compat)
+    compat = tokenizer.compat
+    fingerprint = tokenizer.fingerprint()
+    workers = max(1, min(args.threads, usable_cores()))
+    logger.info("tokenizer %s (compat %s, fingerprint %s), %d worker(s)", tok_path, compat, fingerprint[:12], workers)
+
+    # query files and qrels first: cheap, and their errors should not wait for the collection
+    query_sets = [_read_query_set(kind, args.data_dir, mode) for mode in dio.MODES]
+
+    out_dir = args.out_data_dir
+    os.makedirs(out_dir, exist_ok=True)
+    dio.remove_stale_tmp(out_dir)
+    stage = tempfile.mkdtemp(prefix=".preprocess.tmp-", dir=out_dir)
+    pool = None
+    rows: Dict[str, int] = {}
+    qrel_lines: Dict[str, int] = {}
+    try:
+        pid2offset = None if args.overwrite else _passages_reusable(out_dir, args, fingerprint, inputs)
+        pool = _OrderedPool(workers, tok_path, compat)
+        if pid2offset is None:
+            pid2offset = _tokenize_collection(kind, args, stage, pool)
+            reused = False
+        else:
+            logger.info("passages in %s are complete: reusing them", out_dir)
+            reused = True
+        rows["passages"] = len(pid2offset)
+
+        for qs in query_sets:
+            n, nq = _write_query_set(kind, qs, pid2offset, args, stage, pool)
+            rows[f"{qs.mode}-query"] = n
+            if nq is not None:
+                qrel_lines[f"{qs.mode}-qrel.tsv"] = nq
+        if pool is not None:
+            pool.close()
+            pool = None
+
+        manifest = {
+            "command": list(args.command),
+            "flags": {k: v for k, v in asdict(args).items() if k != "command"},
+            "data_type": kind,
+            "tokenizer": {"path": os.path.abspath(tok_path), "compat": compat, "fingerprint": fingerprint,
+                          "backend": getattr(tokenizer, "backend", None)},
+            "pad_token_id": tokenizer.pad_token_id,
+            "rows": rows,
+            "qrel_lines": qrel_lines,
+            "inputs": inputs,
+            "passages_reused": reused,
+            "workers": workers,
+            "seconds": round(time.time() - t_start, 3),
+        }
+        with open(os.path.join(stage, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        _commit(stage, out_dir)
+    finally:
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(stage, ignore_errors=True)
+    logger.info("preprocess done in %.1f s: %s", time.time() - t_start, rows)
+    return manifest
+
+
+def _commit(stage: str, out_dir: str) -> None:
+    """Move staged files into ``out_dir``: data files first, metas next, the manifest last."""
+    names = sorted(os.listdir(stage))
+    order = ([n for n in names if not n.endswith("_meta") and n != MANIFEST]
+             + [n for n in names if n.endswith("_meta")] + [n for n in names if n == MANIFEST])
+    for name in order:
+        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+
+
+def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _OrderedPool) -> Dict[int, int]:
+    from tqdm import tqdm
+
+    path = os.path.join(args.data_dir, INPUT_FILES[kind]["collection"])
+    prefix = os.path.join(stage, "passages")
+    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_seq_length)
+    pids = array.array("q")
+    tasks = ((kind, path, lineno, blob, args.max_seq_length, args.max_doc_character)
+             for lineno, blob in _line_blocks(path, BLOCK_BYTES))
+    try:
+        with tqdm(unit=" passages", desc="passages", disable=None, file=sys.stderr) as bar:
+            for block_pids, flat, lengths in pool.map(_collection_block, tasks):
+                writer.add(flat, lengths)
+                pids.extend(block_pids.tolist())
+                bar.update(lengths.size)
+    except BaseException:
+        writer.abort()
+        raise
+    lengths = writer.close()
+    if not len(pids):
+        raise data_error(path, None, "the collection is empty")
+    ids = np.frombuffer(pids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    dup = np.nonzero(ids[order][1:] == ids[order][:-1])[0]
+    if dup.size:
+        # report the duplicate that appears earliest in the file
+        second = order[dup + 1]
+        k = int(np.argmin(second))
+        first_line = int(order[dup[k]]) + 1
+        raise data_error(path, int(second[k]) + 1, f"duplicate id {int(ids[second[k]])} (first on line {first_line})")
+    _save_token_cache(prefix, lengths, args.max_seq_length)
+    pid2offset = dict(zip(ids.tolist(), range(len(ids))))
+    _save_pickle(os.path.join(stage, "pid2offset.pickle"), pid2offset)
+    logger.info("%d passages tokenized", len(ids))
+    return pid2offset
+
+
+def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args: PreprocessArgs,
+                     stage: str, pool: _OrderedPool) -> Tuple[int, Optional[int]]:
+    # qrels must point at the collection
+    for lineno, _qid, pid, _rel in qs.qrels:
+        if pid not in pid2offset:
+            raise data_error(qs.qrels_path, lineno, f"{'D' if kind == 'doc' else ''}{pid} is not in the collection")
+    if qs.qrels_path is None:
+        keep = list(range(len(qs.qids)))
+    else:
+        judged = {qid for _, qid, _, _ in qs.qrels}
+        keep = [i for i, qid in enumerate(qs.qids) if qid in judged]
+    qid2offset = {qs.qids[i]: row for row, i in enumerate(keep)}
+    texts = [qs.texts[i] for i in keep]
+
+    prefix = os.path.join(stage, f"{qs.mode}-query")
+    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_query_length)
+    tasks = ((texts[s:s + QUERY_BLOCK], args.max_query_length) for s in range(0, len(texts), QUERY_BLOCK))
+    try:
+        for flat, lengths in pool.map(_query_block, tasks):
+            writer.add(flat, lengths)
+    except BaseException:
+        writer.abort()
+        raise
+    lengths = writer.close()
+    _save_token_cache(prefix, lengths, args.max_query_length)
+    _save_pickle(os.path.join(stage, f"{qs.mode}-qid2offset.pickle"), qid2offset)
+    if qs.qrels_path is None:
+        return len(keep), None
+    with open(os.path.join(stage, f"{qs.mode}-qrel.tsv"), "w", encoding="utf-8", newline="\n") as f:
+        for _lineno, qid, pid, rel in qs.qrels:
+            f.write(f"{qid2offset[qid]}\t0\t{pid2offset[pid]}\t{rel}\n")
+    return len(keep), len(qs.qrels)
+
