@@ -89,10 +89,14 @@ def _int(path: str, lineno: int, value: str, what: str) -> int:
 
 
 def _qid(path: str, lineno: int, value: str) -> str:
+    if value.isdigit() and (value[0] != "0" or value == "0"):
+        return value
     return str(_int(path, lineno, value, "query id"))
 
 
 def _pid(path: str, lineno: int, value: str, doc: bool) -> str:
+    if not doc and value.isdigit() and (value[0] != "0" or value == "0"):
+        return value                                  # the common case, already canonical
     prefix = ""
     if value[:1] == "D":
         prefix, value = "D", value[1:]
@@ -130,43 +134,66 @@ def read_qrels(path: str, doc: bool = False) -> "OrderedDict[str, Dict[str, int]
     return qrels
 
 
+def _parse_run_line(path: str, lineno: int, cols: List[str], doc: bool) -> Tuple[str, str, int]:
+    if len(cols) == 3:
+        q, p, r = cols
+        if not doc and r.isdigit() and r[0] != "0" and q.isdigit() and q[0] != "0" and p.isdigit() \
+                and (p[0] != "0" or p == "0"):
+            return q, p, int(r)                       # the common case: canonical ids, rank >= 1
+    elif len(cols) == 6:
+        q, _, p, r, score, _ = cols
+        try:
+            float(score)
+        except ValueError:
+            raise data_error(path, lineno, f"score {score!r} is not a number") from None
+    else:
+        raise data_error(path, lineno, f"expected 'qid pid rank' or 'qid Q0 pid rank score tag', "
+                         f"got {len(cols)} columns")
+    rank = _int(path, lineno, r, "rank")
+    if rank < 1:
+        raise data_error(path, lineno, f"rank {rank} is not 1-based")
+    return _qid(path, lineno, q), _pid(path, lineno, p, doc), rank
+
+
+def _first_line(path: str, doc: bool, match) -> int:
+    """Line number of the first run line for which ``match(qid, pid, rank)`` holds (error path)."""
+    for lineno, cols in _iter_fields(path):
+        if match(*_parse_run_line(path, lineno, cols, doc)):
+            return lineno
+    return 0
+
+
 def read_run(path: str, doc: bool = False) -> "OrderedDict[str, Dict[int, str]]":
     """A run file -> ``{qid: {rank: pid}}``, queries in file order, ranks ascending.
 
     Accepts ``qid pid rank`` and TREC ``qid Q0 pid rank score tag`` lines.
     """
     runs: "OrderedDict[str, Dict[int, str]]" = OrderedDict()
-    seen_pid: Dict[Tuple[str, str], int] = {}
-    seen_rank: Dict[Tuple[str, int], int] = {}
     for lineno, cols in _iter_fields(path):
-        if len(cols) == 3:
-            q, p, r = cols
-        elif len(cols) == 6:
-            q, _, p, r, score, _ = cols
-            try:
-                float(score)
-            except ValueError:
-                raise data_error(path, lineno, f"score {score!r} is not a number") from None
-        else:
-            raise data_error(path, lineno, f"expected 'qid pid rank' or 'qid Q0 pid rank score tag', "
-                             f"got {len(cols)} columns")
-        qid = _qid(path, lineno, q)
-        pid = _pid(path, lineno, p, doc)
-        rank = _int(path, lineno, r, "rank")
-        if rank < 1:
-            raise data_error(path, lineno, f"rank {rank} is not 1-based")
-        if (qid, pid) in seen_pid:
-            raise data_error(path, lineno, f"query {qid} ranks passage {pid} twice "
-                             f"(also on line {seen_pid[qid, pid]})")
-        if (qid, rank) in seen_rank:
-            raise data_error(path, lineno, f"query {qid} has two passages at rank {rank} "
-                             f"(also on line {seen_rank[qid, rank]})")
-        seen_pid[qid, pid] = lineno
-        seen_rank[qid, rank] = lineno
-        runs.setdefault(qid, {})[rank] = pid
+        qid, pid, rank = _parse_run_line(path, lineno, cols, doc)
+        by_rank = runs.get(qid)
+        if by_rank is None:
+            by_rank = runs[qid] = {}
+        elif rank in by_rank:
+            first = _first_line(path, doc, lambda q, p, r: q == qid and r == rank)
+            raise data_error(path, lineno, f"query {qid} has two passages at rank {rank} (also on line {first})")
+        by_rank[rank] = pid
+    for qid, by_rank in runs.items():
+        if len(set(by_rank.values())) != len(by_rank):
+            seen: Dict[str, int] = {}
+            for lineno, cols in _iter_fields(path):
+                q, p, _ = _parse_run_line(path, lineno, cols, doc)
+                if q == qid and p in seen:
+                    raise data_error(path, lineno, f"query {qid} ranks passage {p} twice "
+                                     f"(also on line {seen[p]})")
+                if q == qid:
+                    seen[p] = lineno
     if not runs:
         raise data_error(path, None, "no ranked passages (empty run file)")
-    return OrderedDict((q, dict(sorted(v.items()))) for q, v in runs.items())
+    for qid, by_rank in runs.items():
+        if any(a > b for a, b in zip(by_rank, list(by_rank)[1:])):
+            runs[qid] = dict(sorted(by_rank.items()))
+    return runs
 
 
 # --------------------------------------------------------------------------- measures

@@ -274,3 +274,11 @@ def test_evaluate_run_gives_every_number(tmp_path):
     assert got["QueriesRanked"] == 40
     assert got["NDCG @10"] == pytest.approx(metrics.ndcg_cut_10(qrels, run), abs=1e-12)
     assert got["MRR @10"] == metrics.mrr_at_k(qrels, run, 10)
+
+
+def test_ids_are_canonical_and_d_ids_stay_apart(tmp_path):
+    qrels = write(tmp_path / "q.tsv", ["1 0 7 1", "2 0 D8 1", "3 0 9 1"])
+    run = write(tmp_path / "r.tsv", ["01\t007\t1", "2\t8\t1", "3\tD9\t1"])
+    q, r = metrics.read_qrels(str(qrels)), metrics.read_run(str(run))
+    assert list(r) == ["1", "2", "3"] and r["1"] == {1: "7"}
+    assert metrics.mrr_at_k(q, r, 10) == 1 / 3          # only query 1 matches: D8 != 8, 9 != D9
