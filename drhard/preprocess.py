@@ -118,6 +118,8 @@ def parse_collection_line(kind: str, path: str, lineno: int, line: str, max_doc_
     _check_raw(path, lineno, line)
     if kind == "passage":
         cols = line.strip().split("\t")
+        if len(cols) == 1 and "\t" in line:  # 'pid<TAB>   ': the text is white space only
+            raise data_error(path, lineno, f"passage {cols[0]!r} has an empty text")
         if len(cols) != 2:
             raise data_error(path, lineno, f"expected 2 tab-separated columns 'pid<TAB>text', got {len(cols)}")
         pid = dio.parse_int(path, lineno, cols[0], "passage id")
