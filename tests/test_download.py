@@ -102,7 +102,7 @@ def server(tmp_path):
     log = []
     handler = type("H", (RangeHandler,), {"log": log})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     env = {**os.environ, "MSMARCO_URL": f"{base}/msmarcoranking", "TREC_DL_URL": f"{base}/deep",
