@@ -1,0 +1,68 @@
+"""ADORE inference: embed the queries of ``--mode`` with an ADORE query encoder and search precomputed
+passage embeddings (e.g. STAR's ``passages.memmap``).
+
+    python ./adore/inference.py --model_dir ./data/passage/trained_models/adore-star \\
+        --output_dir ./data/passage/evaluate/adore-star --preprocess_dir ./data/passage/preprocess \\
+        --mode dev --dmemmap_path ./data/passage/evaluate/star/passages.memmap
+
+Writes ``<output_dir>/<mode>.qembed.memmap`` and ``<output_dir>/<mode>.rank.tsv``
+(``qoffset\\tpoffset\\trank`` for every query of the mode), both atomically.
+The embedding size comes from the model; a passage memmap of another size is refused.
+"""
+import argparse
+import logging
+import os
+import sys
+
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without `pip install .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drhard.device import resolve_device
+from drhard.io import MODES, DataError
+from drhard.model import ModelLoadError, RobertaDot
+from drhard.retrieval import (embed_queries, open_passage_embeddings, passage_count, rank_path, retrieve,
+                              total_batch_size, write_offset_rank)
+
+logger = logging.getLogger("adore.inference")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_dir", type=str, required=True)
+    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--preprocess_dir", type=str, required=True)
+    parser.add_argument("--mode", type=str, choices=list(MODES), required=True)
+    parser.add_argument("--dmemmap_path", type=str, required=True, help="passage embeddings (float32 [N, dim])")
+    parser.add_argument("--topk", type=int, default=100)
+    parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--pergpu_eval_batch_size", type=int, default=32)
+    parser.add_argument("--no_cuda", action="store_true")
+    parser.add_argument("--faiss_gpus", type=int, default=None, nargs="+",
+                        help="GPU ids to shard the faiss index over (default: CPU)")
+    parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    device = resolve_device(args.no_cuda)
+    model = RobertaDot.from_pretrained(args.model_dir)
+    dim = model.output_embedding_size
+    p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir))
+    batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
+    q_emb = embed_queries(model, args.preprocess_dir, args.mode, args.max_seq_length, batch_size, device,
+                          os.path.join(args.output_dir, f"{args.mode}.qembed.memmap"), fp16=args.fp16)
+    _, poffsets = retrieve(p_emb, q_emb, args.topk, gpus=args.faiss_gpus)
+    out = rank_path(args.output_dir, args.mode)
+    write_offset_rank(out, poffsets)
+    logger.info("wrote %s (%d queries, top %d)", out, len(poffsets), args.topk)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")

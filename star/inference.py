@@ -1,0 +1,67 @@
+"""STAR inference: embed passages and queries with a trained model, retrieve exactly, write the run.
+
+    python ./star/inference.py --data_type passage --max_doc_length 256 --mode dev
+
+Writes in ``--output_dir`` (default ``./data/<data_type>/evaluate/star``):
+``passages.memmap`` / ``passages-id.memmap``, ``<mode>-query.memmap`` /
+``<mode>-query-id.memmap`` and ``<mode>.rank.tsv`` (``qoffset\\tpoffset\\trank``).
+Complete passage embeddings of the same model are reused across modes.
+"""
+import argparse
+import logging
+import os
+import sys
+
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without `pip install .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drhard.device import resolve_device
+from drhard.io import MODES, DataError
+from drhard.model import ModelLoadError, RobertaDot
+from drhard.retrieval import dense_retrieval, total_batch_size
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_type", choices=["passage", "doc"], type=str, required=True)
+    parser.add_argument("--max_query_length", type=int, default=32)
+    parser.add_argument("--max_doc_length", type=int, default=512)
+    parser.add_argument("--eval_batch_size", type=int, default=32, help="per GPU (or on the CPU)")
+    parser.add_argument("--mode", type=str, choices=list(MODES), required=True)
+    parser.add_argument("--topk", type=int, default=100)
+    parser.add_argument("--no_cuda", action="store_true")
+    parser.add_argument("--faiss_gpus", type=int, default=None, nargs="+",
+                        help="GPU ids to shard the faiss index over (default: CPU)")
+    parser.add_argument("--model_path", type=str, default=None,
+                        help="default ./data/<data_type>/trained_models/star")
+    parser.add_argument("--preprocess_dir", type=str, default=None, help="default ./data/<data_type>/preprocess")
+    parser.add_argument("--output_dir", type=str, default=None, help="default ./data/<data_type>/evaluate/star")
+    parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for encoding (GPU only)")
+    args = parser.parse_args(argv)
+    root = os.path.join(".", "data", args.data_type)
+    args.model_path = args.model_path or os.path.join(root, "trained_models", "star")
+    args.preprocess_dir = args.preprocess_dir or os.path.join(root, "preprocess")
+    args.output_dir = args.output_dir or os.path.join(root, "evaluate", "star")
+    return args
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    device = resolve_device(args.no_cuda)
+    model = RobertaDot.from_pretrained(args.model_path)
+    batch_size = total_batch_size(args.eval_batch_size, device)
+    logging.getLogger("star.inference").info("model %s on %s, batch size %d", args.model_path, device, batch_size)
+    dense_retrieval(model, args.preprocess_dir, args.output_dir, args.mode, args.max_query_length,
+                    args.max_doc_length, batch_size, device, args.topk, faiss_gpus=args.faiss_gpus,
+                    fp16=args.fp16, bf16=args.bf16)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,109 @@
+"""Static hard negatives for STAR: retrieve with the warmup model, keep the top non-relevant passages.
+
+    python ./star/prepare_hardneg.py --data_type passage --max_query_length 32 \\
+        --max_doc_length 256 --mode dev --topk 200
+
+STAR trains on the training queries, so ``hard.json`` is always built from the
+``train`` queries: ``{"<qoffset>": [topk non-relevant poffsets in rank order]}``
+for every training query (relevance from ``train-qrel.tsv``).  ``--mode``
+(default ``train``) names the query set whose retrieval is also evaluated and
+printed; ``--mode dev`` as in the original README therefore writes the dev run
+and its MRR (a check of the warmup model) *and* the train run + ``hard.json``.
+(The original wrote hard.json from the ``--mode`` queries, so the README
+command produced negatives for dev queries that STAR cannot use.)
+
+Outputs in ``--output_dir`` (default ``./data/<data_type>/warmup_retrieve``):
+``passages.memmap``, ``passages-id.memmap``, ``<mode>-query.memmap``,
+``<mode>-query-id.memmap``, ``<mode>.rank.tsv`` (top ``topk+10``) for each
+retrieved mode, and ``hard.json``.
+"""
+import argparse
+import logging
+import os
+import sys
+
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without `pip install .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drhard.device import resolve_device
+from drhard.index import visible_faiss_gpus
+from drhard.io import MODES, DataError, read_offset_qrels
+from drhard.model import ModelLoadError, RobertaDot
+from drhard.retrieval import (dense_retrieval, evaluate_offsets, hard_negatives, qrel_path, total_batch_size,
+                              write_hard_json)
+
+logger = logging.getLogger("star.prepare_hardneg")
+
+HARD_MODE = "train"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_type", choices=["passage", "doc"], type=str, required=True)
+    parser.add_argument("--max_query_length", type=int, default=32)
+    parser.add_argument("--max_doc_length", type=int, default=512)
+    parser.add_argument("--eval_batch_size", type=int, default=128, help="per GPU (or on the CPU)")
+    parser.add_argument("--mode", type=str, choices=list(MODES), default=HARD_MODE,
+                        help="query set to retrieve and evaluate (default train); hard.json always comes from "
+                             "the train queries")
+    parser.add_argument("--topk", type=int, default=200)
+    parser.add_argument("--not_faiss_cuda", action="store_true", help="search on the CPU")
+    parser.add_argument("--no_cuda", action="store_true", help="encode on the CPU")
+    parser.add_argument("--model_path", type=str, default=None, help="default ./data/<data_type>/warmup")
+    parser.add_argument("--preprocess_dir", type=str, default=None, help="default ./data/<data_type>/preprocess")
+    parser.add_argument("--output_dir", type=str, default=None, help="default ./data/<data_type>/warmup_retrieve")
+    parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    args = parser.parse_args(argv)
+    root = os.path.join(".", "data", args.data_type)
+    args.model_path = args.model_path or os.path.join(root, "warmup")
+    args.preprocess_dir = args.preprocess_dir or os.path.join(root, "preprocess")
+    args.output_dir = args.output_dir or os.path.join(root, "warmup_retrieve")
+    return args
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    train_qrels_file = qrel_path(args.preprocess_dir, HARD_MODE)
+    train_qrels = read_offset_qrels(train_qrels_file)  # fail early, before hours of encoding
+    device = resolve_device(args.no_cuda)
+    model = RobertaDot.from_pretrained(args.model_path)
+    batch_size = total_batch_size(args.eval_batch_size, device)
+    gpus = [] if args.not_faiss_cuda else visible_faiss_gpus()
+    modes = [args.mode] + ([HARD_MODE] if args.mode != HARD_MODE else [])
+    if args.mode != HARD_MODE:
+        logger.info("--mode %s: retrieving %s queries for evaluation, and train queries for hard.json "
+                    "(STAR trains on train queries)", args.mode, args.mode)
+    k = 100 if args.data_type == "doc" else 10
+    for mode in modes:
+        poffsets = dense_retrieval(model, args.preprocess_dir, args.output_dir, mode, args.max_query_length,
+                                   args.max_doc_length, batch_size, device, args.topk + 10, faiss_gpus=gpus,
+                                   fp16=args.fp16)
+        mode_qrels = qrel_path(args.preprocess_dir, mode)
+        if os.path.exists(mode_qrels):
+            metrics = evaluate_offsets(mode_qrels, poffsets, k)
+            print(f"warmup model on {mode} queries:")
+            for name in sorted(metrics):
+                print(f"{name}: {metrics[name]}")
+        if mode == HARD_MODE:
+            negatives = hard_negatives(poffsets, train_qrels, args.topk)
+            missing = [q for q in train_qrels if not 0 <= q < len(negatives)]
+            if missing:
+                raise DataError(f"{train_qrels_file}: query offsets {missing[:5]} are not rows of "
+                                f"{HARD_MODE}-query ({len(negatives)} rows): preprocess outputs do not match")
+            short = sum(1 for n in negatives if len(n) < args.topk)
+            if short:
+                logger.warning("%d train queries have fewer than %d hard negatives (relevant passages in "
+                               "their top %d)", short, args.topk, args.topk + 10)
+            hard_path = os.path.join(args.output_dir, "hard.json")
+            write_hard_json(hard_path, negatives)
+            logger.info("wrote %s: %d training queries, %d negatives each", hard_path, len(negatives), args.topk)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")
