@@ -377,3 +377,12 @@ def test_adore_loss_single_pair_by_hand():
     cand = torch.tensor([[[2.0, 0.0], [0.5, 0.0]]])
     loss = losses.adore_loss(q, cand, torch.tensor([[0.0, 1.0]]), torch.tensor([[True, True]]), None)
     assert loss.item() == pytest.approx(0.5 * math.log1p(math.exp(2.0 - 0.5)), rel=1e-6)
+
+
+def test_adore_batch_without_any_relevant_candidate_is_a_connected_zero():
+    q = torch.randn(3, 4, requires_grad=True)
+    cand = torch.randn(3, 5, 4)
+    loss = losses.adore_loss(q, cand, torch.zeros(3, 5), torch.ones(3, 5, dtype=torch.bool), 3)
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    (gq,) = torch.autograd.grad(loss, q)
+    assert (gq == 0).all()
