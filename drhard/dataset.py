@@ -1,0 +1,209 @@
+"""Training data for the warmup baselines and STAR: items, negatives and collation.
+
+One item per training query (as in the original): the query, one positive
+drawn from its relevant passages, and ``hard_num`` negatives that are either
+static hard negatives from ``hard.json`` (STAR; BM25-Neg when the file came
+from BM25), uniformly random passages (Rand-Neg), or none (Inbatch-Neg).
+
+Random draws are seeded by ``(seed, epoch, item)`` so that a run resumed from
+a checkpoint sees exactly the items an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .io import DataError, TokenCache, data_error, read_offset_qrels
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_TYPES = ("star", "inbatch", "random")
+
+
+def load_hardneg(path: str, n_passages: int) -> Dict[int, List[int]]:
+    """``hard.json``: {str(qoffset): [poffset, ...]} -> {qoffset: [poffset, ...]}."""
+    if not os.path.exists(path):
+        raise data_error(path, None, "hard-negative file not found (run star/prepare_hardneg.py "
+                         "or star/bm25_hardneg.py first)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise data_error(path, None, f"not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise data_error(path, None, "expected a JSON object {query offset: [passage offsets]}")
+    out: Dict[int, List[int]] = {}
+    for k, v in raw.items():
+        try:
+            q = int(k)
+        except ValueError:
+            raise data_error(path, None, f"key {k!r} is not a query offset") from None
+        if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in v):
+            raise data_error(path, None, f"query {k}: expected a list of passage offsets")
+        bad = [p for p in v if p < 0 or p >= n_passages]
+        if bad:
+            raise data_error(path, None, f"query {k}: passage offset {bad[0]} outside 0..{n_passages - 1} "
+                             "(hard.json from another preprocess folder?)")
+        out[q] = v
+    return out
+
+
+def check_hardneg_coverage(path: str, hard: Dict[int, List[int]], qoffsets: Sequence[int],
+                           hard_num: int) -> None:
+    """Every training query needs at least ``hard_num`` hard negatives."""
+    missing = [q for q in qoffsets if q not in hard]
+    short = [q for q in qoffsets if q in hard and len(hard[q]) < hard_num]
+    if missing or short:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of {len(qoffsets)} training queries have no entry (e.g. {missing[:5]})")
+        if short:
+            parts.append(f"{len(short)} have fewer than --hard_num {hard_num} negatives (e.g. {short[:5]})")
+        raise data_error(path, None, "; ".join(parts) + ". hard.json must be mined for the TRAIN queries "
+                         "(star/prepare_hardneg.py --mode train) from this preprocess folder")
+
+
+class TrainQueryDataset(Dataset):
+    """Items for STAR / Inbatch-Neg / Rand-Neg training."""
+
+    def __init__(self, preprocess_dir: str, max_query_length: int, max_doc_length: int,
+                 negative_type: str = "star", hardneg_path: Optional[str] = None, hard_num: int = 1,
+                 seed: int = 42, mode: str = "train"):
+        from .io import token_prefix
+        if negative_type not in NEGATIVE_TYPES:
+            raise ValueError(f"negative type must be one of {NEGATIVE_TYPES}")
+        self.queries = TokenCache(token_prefix(preprocess_dir, f"{mode}-query"))
+        self.docs = TokenCache(token_prefix(preprocess_dir, "passages"))
+        qrel_path = os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
+        rels = read_offset_qrels(qrel_path)
+        n_q, n_p = len(self.queries), len(self.docs)
+        for q, ps in rels.items():
+            if q >= n_q or any(p >= n_p for p in ps):
+                raise data_error(qrel_path, None, f"query {q} or its passages lie outside the memmaps "
+                                 f"({n_q} queries, {n_p} passages)")
+        self.rels = {q: ps for q, ps in rels.items() if ps}
+        self.rel_sets = {q: set(ps) for q, ps in self.rels.items()}
+        self.qoffsets = sorted(self.rels)
+        if not self.qoffsets:
+            raise data_error(qrel_path, None, "no relevant (query, passage) pair to train on")
+        self.max_query_length = max_query_length
+        self.max_doc_length = max_doc_length
+        self.negative_type = negative_type
+        self.hard_num = hard_num
+        self.seed = seed
+        self.epoch = 0
+        self.hard: Dict[int, List[int]] = {}
+        if negative_type == "star":
+            if not hardneg_path:
+                raise DataError("--hardneg_path is required for STAR / BM25-Neg training "
+                                "(use --negative_type inbatch or random to train without it)")
+            self.hard = load_hardneg(hardneg_path, n_p)
+            check_hardneg_coverage(hardneg_path, self.hard, self.qoffsets, hard_num)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.qoffsets)
+
+    def __getitem__(self, item: int) -> dict:
+        rng = random.Random(hash((self.seed, self.epoch, int(item))))
+        q = self.qoffsets[item]
+        pos = rng.choice(self.rels[q])
+        if self.negative_type == "star":
+            negs = rng.sample(self.hard[q], self.hard_num)
+        elif self.negative_type == "random":
+            negs = [rng.randrange(len(self.docs)) for _ in range(self.hard_num)]
+        else:
+            negs = []
+        return {
+            "qoffset": q,
+            "query": self.queries.get(q, self.max_query_length),
+            "pos_poffset": pos,
+            "pos": self.docs.get(pos, self.max_doc_length),
+            "neg_poffsets": negs,
+            "negs": [self.docs.get(p, self.max_doc_length) for p in negs],
+        }
+
+
+class EpochSeededSampler(Sampler):
+    """A random permutation per epoch, seeded by ``seed + epoch`` (so resume replays the same order)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None):
+    """Right-pad id lists: (input_ids, attention_mask), both (B, length or longest)."""
+    width = length if length is not None else max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        r = r[:width]
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class TrainCollator:
+    """Batches of items -> padded tensors and relevance masks.
+
+    ``rel_pair_mask`` (B, B): 0 where in-batch document j is relevant to query i
+    (the diagonal included); ``hard_pair_mask`` (B, B*hard_num): 0 where the
+    negative is relevant to the query.  The first ``pad_first`` batches are
+    padded to the full max length (to hit out-of-memory early), later ones to
+    the batch's longest row; ``pad_to_max`` pads every batch to the max.
+    """
+
+    def __init__(self, rel_sets: Dict[int, set], pad_id: int, max_query_length: int, max_doc_length: int,
+                 pad_to_max: bool = False, pad_first: int = 10):
+        self.rel_sets = rel_sets
+        self.pad_id = pad_id
+        self.max_query_length = max_query_length
+        self.max_doc_length = max_doc_length
+        self.pad_to_max = pad_to_max
+        self.pad_first = pad_first
+        self.calls = 0
+
+    def __call__(self, items: List[dict]) -> dict:
+        full = self.pad_to_max or self.calls < self.pad_first
+        self.calls += 1
+        qlen = self.max_query_length if full else None
+        dlen = self.max_doc_length if full else None
+        q_ids, q_mask = pad_batch([it["query"] for it in items], self.pad_id, qlen)  # (B, Lq)
+        d_ids, d_mask = pad_batch([it["pos"] for it in items], self.pad_id, dlen)  # (B, Ld)
+        rels = [self.rel_sets.get(it["qoffset"], set()) for it in items]
+        pos = [it["pos_poffset"] for it in items]
+        rel_pair_mask = torch.tensor([[0.0 if p in r else 1.0 for p in pos] for r in rels])  # (B, B)
+        batch = {"query_ids": q_ids, "query_mask": q_mask, "doc_ids": d_ids, "doc_mask": d_mask,
+                 "rel_pair_mask": rel_pair_mask}
+        negs = [n for it in items for n in it["negs"]]
+        if negs:
+            n_ids, n_mask = pad_batch(negs, self.pad_id, dlen)  # (B*hard_num, Ld)
+            neg_pos = [p for it in items for p in it["neg_poffsets"]]
+            batch["neg_ids"], batch["neg_mask"] = n_ids, n_mask
+            batch["neg_pair_mask"] = torch.tensor([[0.0 if p in r else 1.0 for p in neg_pos] for r in rels])
+        return batch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
