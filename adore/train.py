@@ -1,0 +1,81 @@
+"""ADORE: fine-tune the query encoder against a frozen passage index.
+
+    python ./adore/train.py --metric_cut 200 --init_path ./data/passage/trained_models/star \
+        --pembed_path ./data/passage/evaluate/star/passages.memmap \
+        --model_save_dir ./data/passage/adore_train/models --log_dir ./data/passage/adore_train/log \
+        --preprocess_dir ./data/passage/preprocess --model_gpu_index 0 --faiss_gpu_index 1 2 3
+
+Without a GPU the same command runs on the CPU (leave out --faiss_gpu_index, or
+it falls back to a CPU index with a warning).  ADORE on top of any warmup model
+(the ADORE (Inbatch-Neg) / (Rand-Neg) rows): point --init_path and
+--pembed_path at that model and its passage embeddings.
+"""
+import argparse
+import logging
+import os
+import sys
+
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drhard.adore_trainer import AdoreConfig, AdoreTrainer
+from drhard.io import DataError
+from drhard.model import ModelLoadError
+
+
+def parse_args(argv=None) -> AdoreConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--metric_cut", type=int, default=None,
+                   help="1/rank weights are 0 beyond this position; unset = no cut (the README uses 200)")
+    p.add_argument("--init_path", required=True, help="model directory to start from (e.g. the STAR model)")
+    p.add_argument("--pembed_path", required=True, help="passages.memmap of the frozen document encoder")
+    p.add_argument("--model_save_dir", required=True)
+    p.add_argument("--log_dir", required=True, help="tensorboard events go to <log_dir>/<timestamp>")
+    p.add_argument("--preprocess_dir", required=True)
+    p.add_argument("--neg_topk", type=int, default=200, help="passages retrieved per query and step")
+    p.add_argument("--max_seq_length", type=int, default=64, help="queries are cut to this many tokens")
+    p.add_argument("--per_gpu_batch_size", type=int, default=32)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--warmup_steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--save_steps", type=int, default=5000000)
+    p.add_argument("--logging_steps", type=int, default=100)
+    p.add_argument("--learning_rate", type=float, default=5e-6)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--adam_epsilon", type=float, default=1e-8)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--num_train_epochs", type=int, default=6)
+    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many updates (-1: all epochs)")
+    p.add_argument("--model_gpu_index", type=int, default=0, help="GPU of the query encoder (CPU when none)")
+    p.add_argument("--faiss_gpu_index", type=int, nargs="*", default=[],
+                   help="GPUs to shard the index over; none = CPU index")
+    p.add_argument("--faiss_omp_num_threads", type=int, default=32,
+                   help="CPU search threads (capped at the cores this process may use)")
+    p.add_argument("--no_cuda", action="store_true", help="encode queries on the CPU even when a GPU is visible")
+    p.add_argument("--resume_from_checkpoint", default=None,
+                   help="an epoch-N/ckpt-N directory, or 'auto' for the newest one in --model_save_dir")
+    a = p.parse_args(argv)
+    for name in ("gradient_accumulation_steps", "per_gpu_batch_size", "neg_topk", "max_seq_length"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    return AdoreConfig(**vars(a))
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    cfg = parse_args(argv)
+    try:
+        trainer = AdoreTrainer(cfg)
+        history = trainer.train()
+    except (DataError, ModelLoadError, FloatingPointError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    if history:
+        print("epoch\tstep\tloss\ttrain MRR@10\ttrain R@10")
+        for r in history:
+            print(f"{r['epoch']}\t{r['step']}\t{r['loss']:.4f}\t{r['train_mrr_10']:.4f}\t{r['train_recall_10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
