@@ -58,23 +58,6 @@ def ref_adore_lists(retrieved, rel_lists):
     return out
 
 
-def ref_adore_query(q, cands, labels, metric_cut):
-    """Per pair (i, j) of one query's list; both orientations summed, / (2 * #positive pairs)."""
-    n = len(labels)
-    inv = [0.0 if (metric_cut is not None and r > metric_cut) else 1.0 / r for r in range(1, n + 1)]
-    s = [torch.dot(q.double(), c.double()) for c in cands]
-    total, num_pos = torch.zeros((), dtype=torch.float64), 0
-    for i in range(n):
-        for j in range(n):
-            w = abs(inv[i] - inv[j])
-            if labels[i] > labels[j]:
-                total = total + w * torch.log(1 + torch.exp(-(s[i] - s[j])))
-                num_pos += 1
-            elif labels[i] < labels[j]:
-                total = total + w * torch.log(1 + torch.exp(s[i] - s[j]))
-    return total / (2 * num_pos) if num_pos else total * 0.0
-
-
 def ref_adore(q, emb_of, ref_lists, metric_cut):
     """Mean over queries; ``emb_of(pid)`` gives a passage embedding; -1 fillers are skipped."""
     per_query = []
@@ -83,14 +66,13 @@ def ref_adore(q, emb_of, ref_lists, metric_cut):
         # a -1 filler sits only at the end of the retrieved part, so positions of kept entries are unchanged
         cands = [emb_of(ids[k]) for k in keep]
         labs = [labels[k] for k in keep]
-        inv_pos = keep  # 0-based positions in the list
         n = len(ids)
         inv = [0.0 if (metric_cut is not None and r > metric_cut) else 1.0 / r for r in range(1, n + 1)]
         s = [torch.dot(q[b].double(), c.double()) for c in cands]
         total, num_pos = torch.zeros((), dtype=torch.float64), 0
         for a in range(len(keep)):
             for c in range(len(keep)):
-                w = abs(inv[inv_pos[a]] - inv[inv_pos[c]])
+                w = abs(inv[keep[a]] - inv[keep[c]])
                 if labs[a] > labs[c]:
                     total = total + w * torch.log(1 + torch.exp(-(s[a] - s[c])))
                     num_pos += 1

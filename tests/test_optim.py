@@ -1,5 +1,4 @@
 """drhard.optim.Lamb against a float64 numpy transcription of the pytorch-lamb update rule."""
-import copy
 import io
 
 import numpy as np
