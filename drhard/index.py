@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # Head room per GPU on top of the index itself: faiss' temporary search memory
 # (StandardGpuResources reserves up to ~1.5 GiB) plus the CUDA context.
 GPU_MARGIN_BYTES = 2 * 1024 ** 3
+ADD_CHUNK_ROWS = 65536
 
 
 def faiss_module():
@@ -68,8 +69,19 @@ def gpu_free_bytes(gpu: int) -> Optional[int]:
         return None
 
 
+def release_torch_cache() -> None:
+    """Give the memory torch's allocator keeps cached (e.g. after encoding) back, so faiss can use it."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001
+        logger.debug("cannot empty the torch CUDA cache: %s", e)
+
+
 def gpus_fit(gpus: Sequence[int], nbytes: int) -> Tuple[bool, str]:
     """Whether ``gpus`` hold an index of ``nbytes`` sharded evenly, and why not."""
+    release_torch_cache()
     per_gpu = -(-nbytes // len(gpus)) + GPU_MARGIN_BYTES
     short = []
     for g in gpus:
@@ -98,10 +110,9 @@ def build_index(embeddings: np.ndarray, gpus: Optional[Sequence[int]] = None, om
     the GPUs lack the memory.
     """
     faiss = faiss_module()
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)  # (N, D); copies a memmap into RAM
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D), got shape {x.shape}")
-    n, dim = x.shape
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {embeddings.shape}")
+    n, dim = embeddings.shape
     gpus = list(gpus or [])
     if gpus:
         if not faiss_has_gpu():
@@ -115,16 +126,19 @@ def build_index(embeddings: np.ndarray, gpus: Optional[Sequence[int]] = None, om
                                "(add GPUs to shard over, or use --not_faiss_cuda / no --faiss_gpus).", gpus, why)
                 gpus = []
     cpu_index = faiss.IndexFlatIP(dim)
+    for start in range(0, n, ADD_CHUNK_ROWS):  # a memmap is read chunk by chunk: one copy in RAM, the index's
+        cpu_index.add(np.ascontiguousarray(embeddings[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
     if not gpus:
         faiss.omp_set_num_threads(int(omp_threads or usable_cpus()))
-        cpu_index.add(x)
         logger.info("faiss IndexFlatIP on CPU: %d x %d, %d threads", n, dim, faiss.omp_get_max_threads())
         return cpu_index
+    # Clone the filled CPU index: with shard=True faiss copies rows [i*N/G, (i+1)*N/G) to GPU i and the
+    # IndexShards maps shard-local ids back to global rows (successive ids).
     co = faiss.GpuMultipleClonerOptions()
     co.shard = len(gpus) > 1
     co.useFloat16 = bool(use_float16)
     gpu_index = faiss.index_cpu_to_gpus_list(cpu_index, co=co, gpus=gpus)
-    gpu_index.add(x)
+    del cpu_index
     logger.info("faiss IndexFlatIP on GPU(s) %s (%s): %d x %d", gpus, "sharded" if co.shard else "single", n, dim)
     return gpu_index
 

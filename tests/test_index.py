@@ -97,3 +97,39 @@ def test_omp_threads_is_applied():
     assert faiss.omp_get_max_threads() == 1
     dindex.build_index(x)
     assert faiss.omp_get_max_threads() == dindex.usable_cpus()
+
+
+class FakeClonerOptions:
+    shard = False
+    useFloat16 = False
+
+
+@pytest.mark.parametrize("gpus,shard", [([0], False), ([1, 2, 3], True)])
+def test_gpu_path_clones_the_filled_index(monkeypatch, gpus, shard):
+    """The GPU branch, with faiss' cloner replaced by a recorder (no GPU here)."""
+    x, q = make_data()
+    seen = {}
+
+    def clone(index, co=None, gpus=None):
+        seen.update(ntotal=index.ntotal, shard=co.shard, fp16=co.useFloat16, gpus=list(gpus))
+        return index
+    monkeypatch.setattr(dindex, "faiss_has_gpu", lambda: True)
+    monkeypatch.setattr(dindex, "gpu_free_bytes", lambda g: 80 * 2 ** 30)
+    monkeypatch.setattr(dindex, "ADD_CHUNK_ROWS", 7)  # the CPU index is filled chunk by chunk first
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", FakeClonerOptions, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpus_list", clone, raising=False)
+    idx = dindex.build_index(x, gpus=gpus)
+    assert seen == {"ntotal": len(x), "shard": shard, "fp16": False, "gpus": gpus}
+    np.testing.assert_allclose(dindex.search(idx, q, 9, progress=False)[0], brute_force(x, q, 9)[0], rtol=1e-5)
+
+
+def test_build_from_memmap_in_chunks(tmp_path, monkeypatch):
+    x, q = make_data()
+    path = tmp_path / "p.memmap"
+    x.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode="r", shape=x.shape)
+    monkeypatch.setattr(dindex, "ADD_CHUNK_ROWS", 64)
+    idx = dindex.build_index(mm)
+    assert idx.ntotal == len(x)
+    np.testing.assert_array_equal(dindex.search(idx, q, 5, progress=False)[1],
+                                  dindex.search(dindex.build_index(x), q, 5, progress=False)[1])
