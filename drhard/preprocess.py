@@ -166,10 +166,7 @@ def _init_worker(tokenizer_path: str, compat: str, subprocess: bool = True) -> N
 
 def _encode_rows(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
     """Token ids of ``texts`` as one flat int32 array plus int32 lengths."""
-    ids = _TOKENIZER.encode_batch(texts, max_length)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
+    return _TOKENIZER.encode_batch_flat(texts, max_length)
 
 
 def _collection_block(task) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ the modern tokenizer with its own special tokens and truncation to ``max_length`
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import logging
@@ -37,7 +38,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,13 @@ class _TiktokenBPE:
             self.rank2id[rank] = vocab.get("".join(byte_encoder[b] for b in tok), unk_id)
         self.enc = tiktoken.Encoding("drhard-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                      special_tokens={})
+        self.encode_codes = self.enc.encode_ordinary
+        # codes are tiktoken ranks; vocabulary ids (the special tokens) get codes after them
+        self.code2id = np.array(self.rank2id + sorted(set(vocab.values())), dtype=np.int32)
+        self._id_code = {i: len(self.rank2id) + k for k, i in enumerate(sorted(set(vocab.values())))}
+
+    def code_of_id(self, token_id: int) -> int:
+        return self._id_code[token_id]
 
     def encode(self, text: str) -> List[int]:
         r2i = self.rank2id
@@ -120,9 +130,15 @@ class _HFTokenizersBPE:
 
         self.tok = Tokenizer(models.BPE.from_file(str(vocab_path), str(merges_path), unk_token="<unk>"))
         self.tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        self.code2id = np.arange(self.tok.get_vocab_size(), dtype=np.int32)  # codes are ids
+
+    def code_of_id(self, token_id: int) -> int:
+        return token_id
 
     def encode(self, text: str) -> List[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    encode_codes = encode
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -217,6 +233,37 @@ class DRhardTokenizer:
     def encode_batch(self, texts: Sequence[str], max_length: Optional[int] = None) -> List[List[int]]:
         return [self.encode(t, max_length) for t in texts]
 
+    def encode_batch_flat(self, texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``encode_batch`` as one flat int32 array of ids and int32 lengths (fast path for preprocess)."""
+        if max_length < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for <s> and </s>")
+        bpe = self.bpe
+        encode_codes = bpe.encode_codes
+        bos, eos = bpe.code_of_id(self.bos_token_id), bpe.code_of_id(self.eos_token_id)
+        special_code = {i: bpe.code_of_id(i) for i in self.special_ids.values()}
+        keep = max_length - 2
+        codes = array.array("i")
+        lengths = array.array("i")
+        for text in texts:
+            pieces = self.pieces(text)
+            if len(pieces) == 1 and isinstance(pieces[0], str):
+                c = encode_codes(pieces[0])
+            else:
+                c = []
+                for p in pieces:
+                    if isinstance(p, int):
+                        c.append(special_code[p])
+                    else:
+                        c.extend(encode_codes(p))
+            if len(c) > keep:
+                c = c[:keep]
+            codes.append(bos)
+            codes.extend(c)
+            codes.append(eos)
+            lengths.append(len(c) + 2)
+        flat = bpe.code2id[np.frombuffer(codes, dtype=np.int32)] if len(codes) else np.zeros(0, np.int32)
+        return flat, np.frombuffer(lengths, dtype=np.int32).copy()
+
     # ---- lineage
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"compat={self.compat}\n".encode())
@@ -256,6 +303,12 @@ class HFTokenizer:
         enc = self.tok(list(texts), add_special_tokens=True, truncation=max_length is not None,
                        max_length=max_length)
         return enc["input_ids"]
+
+    def encode_batch_flat(self, texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+        ids = self.encode_batch(texts, max_length)
+        lengths = np.array([len(x) for x in ids], dtype=np.int32)
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+        return flat, lengths
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"compat={self.compat}\n".encode())

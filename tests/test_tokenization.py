@@ -283,3 +283,16 @@ def test_drhard_compat_rejects_non_roberta_vocab(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n", encoding="utf-8")
     with pytest.raises(ValueError, match="special tokens"):
         DRhardTokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["tiktoken", "tokenizers"])
+def test_flat_batch_path_equals_encode(roberta_dir, backend):
+    tok = load_tokenizer(roberta_dir, backend=backend)
+    rows = [json.loads(line) for line in
+            shared_path("fixtures", "tokenization-2.8.0.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [r["text"] for r in rows if r["max_length"] == 32] + _random_texts(random.Random(3), 200)
+    for L in (2, 7, 32):
+        flat, lengths = tok.encode_batch_flat(texts, L)
+        expected = [tok.encode(t, L) for t in texts]
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert flat.tolist() == [i for e in expected for i in e]
