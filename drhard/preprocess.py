@@ -164,6 +164,10 @@ def _init_worker(tokenizer_path: str, compat: str, subprocess: bool = True) -> N
     _TOKENIZER = load_tokenizer(tokenizer_path, compat=compat)
 
 
+def _quiet_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def _encode_rows(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
     """Token ids of ``texts`` as one flat int32 array plus int32 lengths."""
     return _TOKENIZER.encode_batch_flat(texts, max_length)
@@ -210,13 +214,20 @@ class _OrderedPool:
     worker everything runs in this process.
     """
 
-    def __init__(self, workers: int, tokenizer_path: str, compat: str):
+    def __init__(self, workers: int, tokenizer_path: str, compat: str, tokenizer=None):
+        global _TOKENIZER
         self.workers = workers
         self.pool = None
-        if workers > 1:
-            self.pool = multiprocessing.get_context().Pool(workers, _init_worker, (tokenizer_path, compat))
+        if tokenizer is not None:
+            _TOKENIZER = tokenizer
         else:
             _init_worker(tokenizer_path, compat, subprocess=False)
+        if workers > 1:
+            ctx = multiprocessing.get_context()
+            if ctx.get_start_method() == "fork":  # children inherit the loaded tokenizer
+                self.pool = ctx.Pool(workers, _quiet_worker)
+            else:
+                self.pool = ctx.Pool(workers, _init_worker, (tokenizer_path, compat))
 
     def map(self, fn, tasks):
         if self.pool is None:
@@ -412,7 +423,7 @@ def preprocess(args: PreprocessArgs) -> dict:
     qrel_lines: Dict[str, int] = {}
     try:
         pid2offset = None if args.overwrite else _passages_reusable(out_dir, args, fingerprint, inputs)
-        pool = _OrderedPool(workers, tok_path, compat)
+        pool = _OrderedPool(workers, tok_path, compat, tokenizer)
         if pid2offset is None:
             pid2offset = _tokenize_collection(kind, args, stage, pool)
             reused = False
