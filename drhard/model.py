@@ -233,8 +233,13 @@ def copy_tokenizer_files(src: str, dst: str) -> None:
 
 def build_tiny_roberta(vocab_size: int = 1000, hidden: int = 32, layers: int = 2, heads: int = 2,
                        max_positions: int = 514, output_embedding_size: Optional[int] = None,
-                       seed: int = 0) -> RobertaDot:
-    """A small random RobertaDot for tests and the offline quickstart."""
+                       seed: int = 0, pooling: str = "first") -> RobertaDot:
+    """A small random RobertaDot for tests and the offline quickstart.
+
+    Trained from scratch, a tiny random encoder with first-token pooling tends to
+    collapse to a constant embedding under the pairwise loss (every score equal,
+    loss log 2); mean pooling learns.  Pretrained inits keep their own pooling.
+    """
     from transformers import RobertaConfig
     torch.manual_seed(seed)
     config = RobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
@@ -243,4 +248,4 @@ def build_tiny_roberta(vocab_size: int = 1000, hidden: int = 32, layers: int = 2
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
     if output_embedding_size:
         config.output_embedding_size = output_embedding_size
-    return RobertaDot(config, pooling="first", head=True)
+    return RobertaDot(config, pooling=pooling, head=True)
