@@ -20,9 +20,9 @@ How it runs: the collection is read in blocks of whole lines; a pool of ``--thre
 processes (capped at the usable cores) parses, validates and tokenizes each block; the
 parent takes the results in file order (a bounded window of blocks in flight, so memory
 stays flat in corpus size) and appends padded rows to the memmap.  Every output is
-written into a staging folder ``.preprocess.tmp-<pid>`` inside ``out_data_dir`` and moved
+written into a staging folder ``.preprocess.tmp-<pid>-*`` inside ``out_data_dir`` and moved
 into place only when the whole run succeeded; a failed run leaves no output and no
-split folders (a stale staging folder of a killed run is removed by the next run).  A
+split folders (the staging folder of a killed run is removed by the next run).  A
 previous run's passages are reused when they are complete (sizes agree with the meta) and
 were made with the same tokenizer and lengths; queries are always rebuilt (cheap).
 
@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 SEP = "<sep>"
 MEMMAP_SUFFIX = ".memmap"
 MANIFEST = "preprocess_manifest.json"
+STAGE_PREFIX = ".preprocess.tmp-"
 BLOCK_BYTES = 1 << 20
 QUERY_BLOCK = 2000
 
@@ -416,8 +417,8 @@ def preprocess(args: PreprocessArgs) -> dict:
 
     out_dir = args.out_data_dir
     os.makedirs(out_dir, exist_ok=True)
-    dio.remove_stale_tmp(out_dir)
-    stage = tempfile.mkdtemp(prefix=".preprocess.tmp-", dir=out_dir)
+    _remove_dead_stages(out_dir)
+    stage = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out_dir)
     pool = None
     rows: Dict[str, int] = {}
     qrel_lines: Dict[str, int] = {}
@@ -465,6 +466,23 @@ def preprocess(args: PreprocessArgs) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
     logger.info("preprocess done in %.1f s: %s", time.time() - t_start, rows)
     return manifest
+
+
+def _remove_dead_stages(out_dir: str) -> None:
+    """Remove staging folders left by killed runs (their pid is gone); a live run's is kept."""
+    for name in os.listdir(out_dir):
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(STAGE_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
 def _commit(stage: str, out_dir: str) -> None:

@@ -87,7 +87,7 @@ def _check_outputs(out, exp):
     for m in ("train", "dev", "test"):
         assert (out / f"{m}-qrel.tsv").read_text(encoding="utf-8") == exp[f"{m}-qrel"]
     assert not (out / "lead-qrel.tsv").exists()
-    assert not [n for n in os.listdir(out) if n.startswith(".") or "split" in n]
+    assert not [n for n in os.listdir(out) if n.startswith(".") or "split" in n or "tmp" in n]
 
 
 @pytest.mark.parametrize("kind", ["passage", "doc"])
@@ -268,3 +268,16 @@ def test_cranfield_with_roberta_vocab(tmp_path, kind):
         assert rows[i, :len(ids)].tolist() == ids and not rows[i, len(ids):].any()
     p2o = pickle.loads((out / "pid2offset.pickle").read_bytes())
     assert len(p2o) == 1398 and sorted(p2o.values()) == list(range(1398))
+
+
+def test_staging_folder_of_a_killed_run_is_removed(tmp_path, tok_dir):
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=20)
+    out = tmp_path / "out"
+    dead = out / ".preprocess.tmp-999999999-abc"    # no such pid
+    live = out / f".preprocess.tmp-{os.getppid()}-abc"  # a running process (our parent)
+    dead.mkdir(parents=True)
+    live.mkdir()
+    (dead / "passages.memmap").write_bytes(b"half")
+    _run(data, out, "passage", tok_dir, max_seq_length=16)
+    assert not dead.exists() and live.exists()
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [live.name]
