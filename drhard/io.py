@@ -108,6 +108,11 @@ def remove_stale_tmp(folder: str) -> None:
 
 
 # --------------------------------------------------------------------------- token-id caches
+def token_memmap_path(prefix: str) -> str:
+    """The ids of a token cache live in ``<prefix>.memmap`` (beside ``<prefix>_meta``, ``<prefix>_length.npy``)."""
+    return prefix + ".memmap"
+
+
 def meta_path(prefix: str) -> str:
     return prefix + "_meta"
 
@@ -151,11 +156,12 @@ def check_token_cache(prefix: str) -> Tuple[dict, int]:
     meta = read_meta(prefix)
     n, width = meta["total_number"], meta["embedding_size"]
     itemsize = np.dtype(meta["type"]).itemsize
-    if not os.path.exists(prefix):
-        raise data_error(prefix, None, "missing (run preprocess.py first)")
-    size = os.path.getsize(prefix)
+    data = token_memmap_path(prefix)
+    if not os.path.exists(data):
+        raise data_error(data, None, "missing (run preprocess.py first)")
+    size = os.path.getsize(data)
     if size != n * width * itemsize:
-        raise data_error(prefix, None, f"truncated or wrong size: {size} bytes, meta says "
+        raise data_error(data, None, f"truncated or wrong size: {size} bytes, meta says "
                          f"{n} rows x {width} x {itemsize} B = {n * width * itemsize}")
     lp = length_path(prefix)
     if not os.path.exists(lp):
@@ -174,7 +180,7 @@ class TokenCache:
     def __init__(self, prefix: str):
         meta, n = check_token_cache(prefix)
         self.prefix = prefix
-        self.ids = np.memmap(prefix, dtype=meta["type"], mode="r", shape=(n, meta["embedding_size"]))
+        self.ids = np.memmap(token_memmap_path(prefix), dtype=meta["type"], mode="r", shape=(n, meta["embedding_size"]))
         self.lengths = np.load(length_path(prefix), allow_pickle=False)
         if len(self.lengths) != n:
             raise data_error(length_path(prefix), None, f"{len(self.lengths)} lengths for {n} rows")
@@ -190,6 +196,21 @@ class TokenCache:
         return cut_ids(self[i], max_len)
 
 
+def write_token_cache(prefix: str, rows: Sequence[Sequence[int]], width: int) -> None:
+    """Write id rows as preprocess does (int32, zero-padded to ``width``, int32 lengths, meta); for tests and tools."""
+    arr = np.zeros((len(rows), width), np.int32)
+    lengths = np.zeros(len(rows), np.int32)
+    for i, r in enumerate(rows):
+        r = list(r)[:width]
+        arr[i, : len(r)] = r
+        lengths[i] = len(r)
+    save_array_memmap(token_memmap_path(prefix), arr, np.int32)
+    with atomic_path(length_path(prefix)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, lengths)
+    write_meta(prefix, len(rows), width)
+
+
 def cut_ids(ids: Sequence[int], max_len: int) -> List[int]:
     """Keep ``<s>`` and the final ``</s>`` when cutting a stored row to ``max_len`` (SPEC 4)."""
     ids = list(ids)
@@ -200,8 +221,23 @@ def cut_ids(ids: Sequence[int], max_len: int) -> List[int]:
 
 
 # --------------------------------------------------------------------------- id maps (pickles)
-class _NoGlobalsUnpickler(pickle.Unpickler):
+_NUMPY_SCALAR_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                         ("numpy", "dtype")}
+
+
+class _IdMapUnpickler(pickle.Unpickler):
+    """Allows only what an id map needs: ints, and numpy integer scalars (the original's
+    ``pid2offset`` keys are ``numpy.int32`` read back from a memmap)."""
+
     def find_class(self, module, name):  # noqa: D401 - pickle API
+        if (module, name) in _NUMPY_SCALAR_GLOBALS:
+            if name == "dtype":
+                return np.dtype
+            try:
+                from numpy._core.multiarray import scalar  # numpy 2
+            except ImportError:
+                from numpy.core.multiarray import scalar  # numpy 1
+            return scalar
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: an id map holds only ints")
 
 
@@ -215,12 +251,14 @@ def load_offset_map(path: str) -> Dict[int, int]:
         raise data_error(path, None, "missing (run preprocess.py first)")
     try:
         with open(path, "rb") as f:
-            obj = _NoGlobalsUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            obj = _IdMapUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise data_error(path, None, f"not a DRhard id map ({e})") from None
-    if not isinstance(obj, dict) or not all(isinstance(k, int) and isinstance(v, int) for k, v in obj.items()):
+    ints = (int, np.integer)
+    if not isinstance(obj, dict) or not all(isinstance(k, ints) and not isinstance(k, bool) and
+                                            isinstance(v, ints) and not isinstance(v, bool) for k, v in obj.items()):
         raise data_error(path, None, "not a DRhard id map (expected a dict of int -> int)")
-    return obj
+    return {int(k): int(v) for k, v in obj.items()}
 
 
 def save_offset_map(path: str, mapping: Dict[int, int]) -> None:

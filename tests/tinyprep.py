@@ -13,22 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from drhard.io import save_offset_map, write_meta
+from drhard.io import save_offset_map, write_token_cache
 from drhard.model import build_tiny_roberta
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_cache(path: Path, rows, width: int) -> None:
-    arr = np.zeros((len(rows), width), np.int32)
-    lens = []
-    for i, r in enumerate(rows):
-        r = [0] + list(r)[: width - 2] + [2]
-        arr[i, : len(r)] = r
-        lens.append(len(r))
-    arr.tofile(path)
-    np.save(str(path) + "_length.npy", np.array(lens))
-    write_meta(str(path), len(rows), width)
+    write_token_cache(str(path), [[0] + list(r)[: width - 2] + [2] for r in rows], width)
 
 
 def make_tiny_preprocess(root: Path, n_passages: int = 200, n_queries: int = 48, vocab: int = 120,
