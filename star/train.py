@@ -100,14 +100,15 @@ class StarTrainingArguments(TrainingArguments):
 def _check_output_dir(args: StarTrainingArguments) -> Optional[str]:
     """Refuse a non-empty output dir (as the original) unless resuming or overwriting; return the checkpoint."""
     resume = args.resume_from_checkpoint
-    if resume in ("auto", "True", "true", "last"):
+    auto = resume in ("auto", "True", "true", "last")
+    if auto:
         resume = last_complete_checkpoint(args.output_dir)
         if resume is None:
             logger.info("no complete checkpoint in %s: starting from scratch", args.output_dir)
     elif resume and not os.path.isdir(resume):
         raise SystemExit(f"--resume_from_checkpoint {resume}: no such directory")
     if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.overwrite_output_dir
-            and not resume and args.do_train):
+            and not resume and not auto and args.do_train):
         raise SystemExit(f"Output directory ({args.output_dir}) already exists and is not empty. Use "
                          "--overwrite_output_dir to train over it, or --resume_from_checkpoint auto to resume.")
     return resume

@@ -1,0 +1,72 @@
+"""Kill a training run with SIGKILL after a checkpoint, resume it, and get the weights of an uninterrupted run."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from drhard.dataset import pad_batch
+from drhard.io import TokenCache
+from drhard.model import RobertaDot
+from tinyprep import make_tiny_preprocess, popen_script, run_script
+
+
+def kill_when(proc, path, timeout=120):
+    """SIGKILL ``proc`` as soon as ``path`` exists (it was still running then)."""
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {path} appeared")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"{path} did not appear in {timeout} s")
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+
+
+def same_weights(a, b):
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.parametrize("kill_after", [4, 8])
+def test_star_resume_after_kill_gives_identical_weights(tmp_path, kill_after):
+    tiny = make_tiny_preprocess(tmp_path)
+    args = ["--do_train", "--max_query_length", 12, "--max_doc_length", 32, "--preprocess_dir", tiny["preprocess"],
+            "--hardneg_path", tiny["hard"], "--init_path", tiny["init"], "--logging_dir", tmp_path / "log",
+            "--per_device_train_batch_size", 8, "--num_train_epochs", 2, "--warmup_steps", 2, "--save_steps", 2,
+            "--learning_rate", 1e-3, "--padding", "--seed", 11]
+    run_script("star/train.py", *args, "--output_dir", tmp_path / "full")
+    out = tmp_path / "killed"
+    kill_when(popen_script("star/train.py", *args, "--output_dir", out), out / f"checkpoint-{kill_after}" /
+              "trainer_state.json")
+    assert not (out / "model.safetensors").exists()  # it did not finish
+    run_script("star/train.py", *args, "--output_dir", out, "--resume_from_checkpoint", "auto")
+    same_weights(tmp_path / "full", out)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
+    tiny = make_tiny_preprocess(tmp_path, seed=seed)
+    model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
+    docs = TokenCache(str(tiny["preprocess"] / "passages"))
+    with torch.no_grad():
+        emb = model(*pad_batch([docs[i] for i in range(len(docs))], model.pad_token_id)).numpy()
+    pembed = tmp_path / "passages.memmap"
+    emb.astype(np.float32).tofile(pembed)
+    args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
+            "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
+            "--num_train_epochs", 2, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 3,
+            "--seed", seed]
+    run_script("adore/train.py", *args, "--model_save_dir", tmp_path / "full")
+    out = tmp_path / "killed"
+    kill_after = 3 * (seed + 1)
+    kill_when(popen_script("adore/train.py", *args, "--model_save_dir", out), out / f"ckpt-{kill_after}")
+    assert not (out / "epoch-2").exists()
+    run_script("adore/train.py", *args, "--model_save_dir", out, "--resume_from_checkpoint", "auto")
+    same_weights(tmp_path / "full" / "epoch-2", out / "epoch-2")
+    same_weights(tmp_path / "full" / "epoch-1", out / "epoch-1")
