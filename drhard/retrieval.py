@@ -204,6 +204,10 @@ def dense_retrieval(model, preprocess_dir: str, output_dir: str, mode: str, max_
 
     Returns the (Q, topk) poffsets.
     """
+    if os.path.realpath(output_dir) == os.path.realpath(preprocess_dir):
+        from .io import DataError
+        raise DataError(f"{output_dir}: the output dir is the preprocess dir; embeddings named "
+                        "passages.memmap / <mode>-query.memmap would overwrite its token memmaps")
     p_emb = embed_passages(model, preprocess_dir, output_dir, max_doc_length, batch_size, device, fp16, bf16)
     q_emb = embed_queries(model, preprocess_dir, mode, max_query_length, batch_size, device,
                           query_embedding_path(output_dir, mode), query_id_path(output_dir, mode), fp16, bf16)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from drhard import encode as denc
-from drhard.io import TokenCache, write_meta
+from drhard.io import TokenCache, token_memmap_path, write_meta
 from drhard.model import build_tiny_roberta
 
 CPU = torch.device("cpu")
@@ -26,7 +26,8 @@ def spread(model, std=0.5, seed=0):
 def make_cache(folder, name="passages", n=23, width=20, seed=0):
     """A preprocess-style token memmap: <s> tokens </s>, zero padded, lengths 1..width."""
     rng = np.random.default_rng(seed)
-    prefix = os.path.join(folder, name)
+    os.makedirs(folder, exist_ok=True)
+    prefix = os.path.join(str(folder), name)
     ids = np.zeros((n, width), dtype=np.int32)
     lengths = rng.integers(3, width + 1, size=n)
     lengths[:3] = [width, 3, width]  # rows as long as the memmap and a minimal one
@@ -34,7 +35,7 @@ def make_cache(folder, name="passages", n=23, width=20, seed=0):
         ids[i, 0] = 0
         ids[i, 1:ln - 1] = rng.integers(3, 1000, size=ln - 2)  # never the pad id 1
         ids[i, ln - 1] = 2
-    ids.tofile(prefix)
+    ids.tofile(token_memmap_path(prefix))
     np.save(prefix + "_length.npy", lengths)
     write_meta(prefix, n, width)
     return TokenCache(prefix)
@@ -57,7 +58,7 @@ def one_by_one(model, cache, max_len):
 
 @pytest.mark.parametrize("max_len", [2, 7, 12, 64])
 def test_batch_rows_equals_cut_rule(tmp_path, max_len):
-    cache = make_cache(tmp_path)
+    cache = make_cache(tmp_path / "pre")
     rows = np.array([5, 0, 1, 17, 2, 9])
     ids, mask = denc.batch_rows(cache, rows, max_len, pad_id=1)
     want = [cache.get(int(r), max_len) for r in rows]
@@ -81,7 +82,7 @@ def test_length_sorted_batches_cover_rows_longest_first():
 
 @pytest.mark.parametrize("max_len,batch_size", [(12, 4), (64, 5), (8, 1)])
 def test_sorted_batching_equals_one_by_one(tmp_path, model, max_len, batch_size):
-    cache = make_cache(tmp_path)
+    cache = make_cache(tmp_path / "pre")
     ref = one_by_one(model, cache, max_len)
     got = denc.encode_cache(model, cache, max_len, batch_size, CPU, progress=False)
     assert got.shape == (len(cache), 24) and got.dtype == np.float32
@@ -95,7 +96,7 @@ def test_sorted_batching_equals_one_by_one(tmp_path, model, max_len, batch_size)
 
 
 def test_encode_to_memmap_writes_atomically_and_reuses_complete_files(tmp_path, model, monkeypatch):
-    cache = make_cache(tmp_path)
+    cache = make_cache(tmp_path / "pre")
     path = str(tmp_path / "out" / "passages.memmap")
     emb = denc.encode_to_memmap(model, cache, 12, path, 4, CPU, progress=False)
     ref = one_by_one(model, cache, 12)
@@ -120,7 +121,7 @@ def test_encode_to_memmap_writes_atomically_and_reuses_complete_files(tmp_path, 
 
 @pytest.mark.parametrize("damage", ["truncated", "no_sidecar", "full_size_garbage_no_sidecar"])
 def test_partial_outputs_are_recomputed(tmp_path, model, damage):
-    cache = make_cache(tmp_path)
+    cache = make_cache(tmp_path / "pre")
     path = str(tmp_path / "passages.memmap")
     denc.encode_to_memmap(model, cache, 12, path, 4, CPU, progress=False)
     good = np.fromfile(path, dtype=np.float32).copy()
@@ -138,7 +139,7 @@ def test_partial_outputs_are_recomputed(tmp_path, model, damage):
 
 
 def test_failed_encoding_leaves_no_file(tmp_path, model, monkeypatch):
-    cache = make_cache(tmp_path)
+    cache = make_cache(tmp_path / "pre")
     path = str(tmp_path / "passages.memmap")
 
     def boom(*a, **k):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from drhard.io import TokenCache, read_offset_qrels, read_rank, save_offset_map, token_prefix, write_meta
+from drhard.io import (TokenCache, read_offset_qrels, read_rank, save_offset_map, token_memmap_path, token_prefix,
+                       write_meta)
 from drhard.model import build_tiny_roberta
 from drhard.retrieval import hard_negatives
 
@@ -37,7 +38,7 @@ def write_tokens(folder, name, n, width, rng):
     for i, ln in enumerate(lengths):
         ids[i, 0], ids[i, ln - 1] = 0, 2
         ids[i, 1:ln - 1] = rng.integers(3, 1000, size=ln - 2)
-    ids.tofile(prefix)
+    ids.tofile(token_memmap_path(prefix))
     np.save(prefix + "_length.npy", lengths)
     write_meta(prefix, n, width)
 
