@@ -93,7 +93,8 @@ class SaveEveryEpoch(TrainerCallback):
     """The original saves a checkpoint at the end of each epoch."""
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        control.should_save = True
+        if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+            control.should_save = True
         return control
 
 
