@@ -54,7 +54,29 @@ def parse_args(argv=None):
                    help="ADORE rate (default 5e-4 from scratch, 1e-5 from a pretrained init)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless every row is present, metrics lie in [0, 1] and every trained row beats "
+                        "the untrained init on the training queries (CI's sanity check)")
     return p.parse_args(argv)
+
+
+def check_results(rows) -> list:
+    """Problems with a results table (empty when it is sane)."""
+    problems = []
+    want = ["untrained init", "Inbatch-Neg", "Rand-Neg", "BM25-Neg", "ADORE (Inbatch-Neg)", "STAR", "ADORE (STAR)"]
+    got = [r["method"] for r in rows]
+    if got != want:
+        problems.append(f"rows {got}, expected {want}")
+    for r in rows:
+        for key in ("dev_mrr", "dev_recall100", "test_ndcg10", "train_mrr"):
+            if not 0.0 <= r[key] <= 1.0:
+                problems.append(f"{r['method']}: {key} = {r[key]} is outside [0, 1]")
+    init = next((r for r in rows if r["method"] == "untrained init"), None)
+    for r in rows:
+        if init is not None and r is not init and not r["train_mrr"] > init["train_mrr"]:
+            problems.append(f"{r['method']}: train MRR {r['train_mrr']:.4f} is not above the untrained "
+                            f"init's {init['train_mrr']:.4f}")
+    return problems
 
 
 def build_defaults(args, work):
@@ -129,7 +151,7 @@ def main(argv=None) -> int:
                       "--save_strategy", "no", "--seed", args.seed, *extra])
 
     stages += [train("inbatch", init, budget["warmup"], "--negative_type", "inbatch"),
-               train("random", init, budget["warmup"], "--negative_type", "random", "--hard_num", 4),
+               train("random", init, budget["warmup"], "--negative_type", "random", "--hard_num", 2),
                train("bm25", init, budget["warmup"], "--negative_type", "star",
                      "--hardneg_path", os.path.join(bm25_dir, "hard.json")),
                Stage("prepare_hardneg", "star/prepare_hardneg.py",
@@ -205,6 +227,14 @@ def main(argv=None) -> int:
     print(f"{args.data_type} task, data {data_dir}, init {init}, budget {args.budget}")
     print(table)
     print(f"\ntotal wall time {info['total_seconds']:.0f} s; written to {work}/results.md and results.json")
+    if args.check:
+        problems = check_results(results)
+        for p in problems:
+            print(f"check failed: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print("check passed: every row present, metrics in [0, 1], every trained row above the untrained init "
+              "on the training queries")
     return 0
 
 

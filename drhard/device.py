@@ -18,10 +18,22 @@ def resolve_device(no_cuda: bool = False, index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+_warned = set()
+
+
 def autocast(device: torch.device, fp16: bool = False, bf16: bool = False):
-    """Mixed precision context for the encoder forward; a no-op when disabled."""
+    """Mixed precision context for the encoder forward; a no-op when disabled.
+
+    fp16 needs a CUDA GPU: on the CPU it is ignored with a warning (fp32), so a
+    GPU command line still runs on a laptop.  bf16 uses the CPU's autocast there.
+    """
     if not (fp16 or bf16):
         return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise ValueError("--fp16/--bf16 need a CUDA GPU; none is in use (drop the flag to train in fp32 on CPU)")
-    return torch.autocast("cuda", dtype=torch.float16 if fp16 else torch.bfloat16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16 if fp16 else torch.bfloat16)
+    if bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if "fp16" not in _warned:
+        _warned.add("fp16")
+        logger.warning("--fp16 needs a CUDA GPU and none is in use: running in fp32 on the CPU")
+    return contextlib.nullcontext()

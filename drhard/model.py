@@ -126,8 +126,12 @@ class RobertaDot(nn.Module):
         uses its pooling; otherwise first-token pooling without head.
         """
         if not os.path.isdir(path):
-            raise ModelLoadError(f"{path}: model directory not found (a local directory with config.json "
-                                 "and model weights is needed; nothing is downloaded)")
+            from .hub import MODEL_PATTERNS, from_hub
+            hub = from_hub(path, MODEL_PATTERNS)
+            if hub is None:
+                raise ModelLoadError(f"{path}: model directory not found (a local directory with config.json "
+                                     "and model weights is needed; offline, nothing is downloaded)")
+            path = str(hub)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception as e:  # noqa: BLE001

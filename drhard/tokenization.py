@@ -327,10 +327,11 @@ Tokenizer = Union[DRhardTokenizer, HFTokenizer]
 
 # --------------------------------------------------------------------------- loading
 def resolve_tokenizer_path(name_or_path: Union[str, Path]) -> Path:
-    """A local tokenizer directory for ``name_or_path`` (nothing is downloaded).
+    """A local tokenizer directory for ``name_or_path``.
 
     A directory is used as is.  The original default ``roberta-base`` resolves to
-    ``$DRHARD_TOKENIZER`` when set, else to ``./data/roberta-base`` when it exists.
+    ``$DRHARD_TOKENIZER`` when set, else to ``./data/roberta-base`` when it exists,
+    else (online, ``HF_HUB_OFFLINE`` unset) to the hub's files in the HF cache.
     """
     p = Path(name_or_path)
     if p.is_dir():
@@ -346,6 +347,11 @@ def resolve_tokenizer_path(name_or_path: Union[str, Path]) -> Path:
         if local.is_dir():
             return local
         tried.append(str(local))
+    from .hub import TOKENIZER_PATTERNS, from_hub
+    hub = from_hub(str(name_or_path), TOKENIZER_PATTERNS)
+    if hub is not None:
+        return hub
+    tried.append("the Hugging Face hub (offline or unavailable)")
     raise TokenizerNotFound(
         f"tokenizer {str(name_or_path)!r} not found locally (tried: {', '.join(tried)}) and models are "
         "not downloaded here. Pass --model_name_or_path a local directory holding vocab.json and "
