@@ -7,7 +7,10 @@ passage embeddings (e.g. STAR's ``passages.memmap``).
 
 Writes ``<output_dir>/<mode>.qembed.memmap`` and ``<output_dir>/<mode>.rank.tsv``
 (``qoffset\\tpoffset\\trank`` for every query of the mode), both atomically.
-The embedding size comes from the model; a passage memmap of another size is refused.
+The embedding size comes from the model; a passage memmap of another size is refused, and so is
+a model whose tokenizer files differ from the tokenizer that made ``--preprocess_dir``
+(``--allow_tokenizer_mismatch`` goes on anyway).  The lineage record is
+``<output_dir>/adore-inference-<mode>.manifest.json`` (drhard/lineage.py).
 """
 import argparse
 import logging
@@ -20,10 +23,12 @@ except ImportError:  # run from a checkout without `pip install .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from drhard.device import resolve_device
+from drhard.encode import sidecar_path
 from drhard.io import MODES, DataError
+from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import ModelLoadError, RobertaDot
-from drhard.retrieval import (embed_queries, open_passage_embeddings, passage_count, rank_path, retrieve,
-                              total_batch_size, write_offset_rank)
+from drhard.retrieval import (PASSAGES, embed_queries, open_passage_embeddings, passage_count, query_name, rank_path,
+                              retrieve, total_batch_size, write_offset_rank)
 
 logger = logging.getLogger("adore.inference")
 
@@ -42,23 +47,33 @@ def parse_args(argv=None):
     parser.add_argument("--faiss_gpus", type=int, default=None, nargs="+",
                         help="GPU ids to shard the faiss index over (default: CPU)")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                        help="encode even when the model's tokenizer differs from the preprocess dir's")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_dir, args.allow_tokenizer_mismatch)
     device = resolve_device(args.no_cuda)
     model = RobertaDot.from_pretrained(args.model_dir)
     dim = model.output_embedding_size
     p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir))
     batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
-    q_emb = embed_queries(model, args.preprocess_dir, args.mode, args.max_seq_length, batch_size, device,
-                          os.path.join(args.output_dir, f"{args.mode}.qembed.memmap"), fp16=args.fp16)
+    qembed = os.path.join(args.output_dir, f"{args.mode}.qembed.memmap")
+    q_emb = embed_queries(model, args.preprocess_dir, args.mode, args.max_seq_length, batch_size, device, qembed,
+                          fp16=args.fp16)
     _, poffsets = retrieve(p_emb, q_emb, args.topk, gpus=args.faiss_gpus)
     out = rank_path(args.output_dir, args.mode)
     write_offset_rank(out, poffsets)
     logger.info("wrote %s (%d queries, top %d)", out, len(poffsets), args.topk)
+    query = query_name(args.mode)
+    inputs = preprocess_inputs(args.preprocess_dir, [query])
+    inputs.update({"dmemmap": args.dmemmap_path, "dmemmap_info": sidecar_path(args.dmemmap_path)})
+    write_manifest(args.output_dir, f"adore-inference-{args.mode}", inputs, args=args, model_dir=args.model_dir,
+                   model=model, tokenizer=tokenizer, outputs={query: qembed, "rank": out},
+                   rows={PASSAGES: len(p_emb), query: len(poffsets)})
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def qrel_path(preprocess_dir: str, mode: str) -> str:
     return os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
 
 
+def dense_retrieval_outputs(output_dir: str, mode: str) -> Dict[str, str]:
+    """Label -> path of every file ``dense_retrieval`` writes for ``mode`` (for lineage manifests)."""
+    q = query_name(mode)
+    return {PASSAGES: passage_embedding_path(output_dir), f"{PASSAGES}-id": passage_id_path(output_dir),
+            q: query_embedding_path(output_dir, mode), f"{q}-id": query_id_path(output_dir, mode),
+            "rank": rank_path(output_dir, mode)}
+
+
 # --------------------------------------------------------------------------- sizes
 def visible_gpu_count(device: torch.device) -> int:
     return torch.cuda.device_count() if device.type == "cuda" else 0

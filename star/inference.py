@@ -4,8 +4,11 @@
 
 Writes in ``--output_dir`` (default ``./data/<data_type>/evaluate/star``):
 ``passages.memmap`` / ``passages-id.memmap``, ``<mode>-query.memmap`` /
-``<mode>-query-id.memmap`` and ``<mode>.rank.tsv`` (``qoffset\\tpoffset\\trank``).
-Complete passage embeddings of the same model are reused across modes.
+``<mode>-query-id.memmap``, ``<mode>.rank.tsv`` (``qoffset\\tpoffset\\trank``) and the lineage
+record ``star-inference-<mode>.manifest.json`` (drhard/lineage.py).
+Complete passage embeddings of the same model are reused across modes.  A model whose
+tokenizer files differ from the tokenizer that made ``--preprocess_dir`` is refused
+(``--allow_tokenizer_mismatch`` goes on anyway).
 """
 import argparse
 import logging
@@ -19,8 +22,10 @@ except ImportError:  # run from a checkout without `pip install .`
 
 from drhard.device import resolve_device
 from drhard.io import MODES, DataError
+from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import ModelLoadError, RobertaDot
-from drhard.retrieval import dense_retrieval, total_batch_size
+from drhard.retrieval import (PASSAGES, dense_retrieval, dense_retrieval_outputs, passage_count, query_name,
+                              total_batch_size)
 
 
 def parse_args(argv=None):
@@ -40,6 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", type=str, default=None, help="default ./data/<data_type>/evaluate/star")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for encoding (GPU only)")
+    parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                        help="encode even when the model's tokenizer differs from the preprocess dir's")
     args = parser.parse_args(argv)
     root = os.path.join(".", "data", args.data_type)
     args.model_path = args.model_path or os.path.join(root, "trained_models", "star")
@@ -51,13 +58,20 @@ def parse_args(argv=None):
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_path, args.allow_tokenizer_mismatch)
     device = resolve_device(args.no_cuda)
     model = RobertaDot.from_pretrained(args.model_path)
     batch_size = total_batch_size(args.eval_batch_size, device)
     logging.getLogger("star.inference").info("model %s on %s, batch size %d", args.model_path, device, batch_size)
-    dense_retrieval(model, args.preprocess_dir, args.output_dir, args.mode, args.max_query_length,
-                    args.max_doc_length, batch_size, device, args.topk, faiss_gpus=args.faiss_gpus,
-                    fp16=args.fp16, bf16=args.bf16)
+    poffsets = dense_retrieval(model, args.preprocess_dir, args.output_dir, args.mode, args.max_query_length,
+                               args.max_doc_length, batch_size, device, args.topk, faiss_gpus=args.faiss_gpus,
+                               fp16=args.fp16, bf16=args.bf16)
+    query = query_name(args.mode)
+    write_manifest(args.output_dir, f"star-inference-{args.mode}",
+                   preprocess_inputs(args.preprocess_dir, [PASSAGES, query]), args=args,
+                   model_dir=args.model_path, model=model, tokenizer=tokenizer,
+                   outputs=dense_retrieval_outputs(args.output_dir, args.mode),
+                   rows={PASSAGES: passage_count(args.preprocess_dir), query: len(poffsets)})
 
 
 if __name__ == "__main__":

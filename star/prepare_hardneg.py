@@ -15,7 +15,9 @@ command produced negatives for dev queries that STAR cannot use.)
 Outputs in ``--output_dir`` (default ``./data/<data_type>/warmup_retrieve``):
 ``passages.memmap``, ``passages-id.memmap``, ``<mode>-query.memmap``,
 ``<mode>-query-id.memmap``, ``<mode>.rank.tsv`` (top ``topk+10``) for each
-retrieved mode, and ``hard.json``.
+retrieved mode, ``hard.json`` and the lineage record ``prepare_hardneg.manifest.json``
+(drhard/lineage.py).  A model whose tokenizer files differ from the tokenizer that made
+``--preprocess_dir`` is refused (``--allow_tokenizer_mismatch`` goes on anyway).
 """
 import argparse
 import logging
@@ -30,9 +32,10 @@ except ImportError:  # run from a checkout without `pip install .`
 from drhard.device import resolve_device
 from drhard.index import visible_faiss_gpus
 from drhard.io import MODES, DataError, read_offset_qrels
+from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import ModelLoadError, RobertaDot
-from drhard.retrieval import (dense_retrieval, evaluate_offsets, hard_negatives, qrel_path, total_batch_size,
-                              write_hard_json)
+from drhard.retrieval import (PASSAGES, dense_retrieval, dense_retrieval_outputs, evaluate_offsets, hard_negatives,
+                              passage_count, qrel_path, query_name, total_batch_size, write_hard_json)
 
 logger = logging.getLogger("star.prepare_hardneg")
 
@@ -55,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--preprocess_dir", type=str, default=None, help="default ./data/<data_type>/preprocess")
     parser.add_argument("--output_dir", type=str, default=None, help="default ./data/<data_type>/warmup_retrieve")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                        help="encode even when the model's tokenizer differs from the preprocess dir's")
     args = parser.parse_args(argv)
     root = os.path.join(".", "data", args.data_type)
     args.model_path = args.model_path or os.path.join(root, "warmup")
@@ -68,6 +73,7 @@ def main(argv=None):
     args = parse_args(argv)
     train_qrels_file = qrel_path(args.preprocess_dir, HARD_MODE)
     train_qrels = read_offset_qrels(train_qrels_file)  # fail early, before hours of encoding
+    tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_path, args.allow_tokenizer_mismatch)
     device = resolve_device(args.no_cuda)
     model = RobertaDot.from_pretrained(args.model_path)
     batch_size = total_batch_size(args.eval_batch_size, device)
@@ -77,10 +83,13 @@ def main(argv=None):
         logger.info("--mode %s: retrieving %s queries for evaluation, and train queries for hard.json "
                     "(STAR trains on train queries)", args.mode, args.mode)
     k = 100 if args.data_type == "doc" else 10
+    outputs, rows = {}, {PASSAGES: passage_count(args.preprocess_dir)}
     for mode in modes:
         poffsets = dense_retrieval(model, args.preprocess_dir, args.output_dir, mode, args.max_query_length,
                                    args.max_doc_length, batch_size, device, args.topk + 10, faiss_gpus=gpus,
                                    fp16=args.fp16)
+        outputs.update({f"{mode}:{label}": p for label, p in dense_retrieval_outputs(args.output_dir, mode).items()})
+        rows[query_name(mode)] = len(poffsets)
         mode_qrels = qrel_path(args.preprocess_dir, mode)
         if os.path.exists(mode_qrels):
             metrics = evaluate_offsets(mode_qrels, poffsets, k)
@@ -100,6 +109,11 @@ def main(argv=None):
             hard_path = os.path.join(args.output_dir, "hard.json")
             write_hard_json(hard_path, negatives)
             logger.info("wrote %s: %d training queries, %d negatives each", hard_path, len(negatives), args.topk)
+            outputs["hard.json"] = hard_path
+    write_manifest(args.output_dir, "prepare_hardneg",
+                   preprocess_inputs(args.preprocess_dir, [PASSAGES] + [query_name(m) for m in modes],
+                                     [os.path.basename(qrel_path(args.preprocess_dir, m)) for m in modes]),
+                   args=args, model_dir=args.model_path, model=model, tokenizer=tokenizer, outputs=outputs, rows=rows)
 
 
 if __name__ == "__main__":
