@@ -1,0 +1,141 @@
+"""SIGKILL a real preprocess.py / star/inference.py at a random point of its work, rerun it, and get
+outputs byte-identical to an uninterrupted run.
+
+The kill time is drawn from the seed within the measured working time of the uninterrupted run
+(from the moment it starts writing: the staging folder of preprocess, the output folder of
+inference, to its exit), so kills land in tokenization, encoding, search or the final renames.
+"""
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drhard.io import save_offset_map, write_token_cache
+from drhard.model import build_tiny_roberta
+from tinyprep import popen_script, run_script
+from toy_data import make_tiny_tokenizer, make_toy_msmarco
+
+SEEDS = [0, 1, 2]
+
+
+def visible_files(folder: Path) -> dict:
+    """name -> bytes of every output file (hidden temporary names of killed writers left out)."""
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))
+            if not n.startswith(".") and (folder / n).is_file()}
+
+
+def timed_run(script, args, marker: Path):
+    """Run to completion; returns seconds from ``marker`` appearing to the exit."""
+    proc = popen_script(script, *args)
+    while not marker() and proc.poll() is None:
+        time.sleep(0.005)
+    t0 = time.time()
+    assert proc.wait() == 0, f"{script} failed"
+    return time.time() - t0
+
+
+def kill_during_work(script, args, marker, delay):
+    """Start ``script``; SIGKILL it ``delay`` seconds after ``marker()`` turns true. True when it was killed."""
+    proc = popen_script(script, *args)
+    t_end = time.time() + 120
+    while not marker():
+        if proc.poll() is not None or time.time() > t_end:
+            proc.kill()
+            pytest.fail(f"{script} ended before its work started")
+        time.sleep(0.005)
+    time.sleep(delay)
+    running = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    return running
+
+
+def draw_delay(seed, work_seconds):
+    return random.Random(seed).uniform(0.05, 0.75) * work_seconds
+
+
+# --------------------------------------------------------------------------- preprocess.py
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("killprep")
+    data = make_toy_msmarco(root / "data", "passage", n_passages=30000,
+                            n_queries={"train": 3000, "dev": 500, "test": 50, "lead": 200})
+    tok = make_tiny_tokenizer(root / "tok")
+    full = root / "full"
+
+    def args(out):
+        return ["--data_dir", data, "--out_data_dir", out, "--model_name_or_path", tok, "--max_seq_length", 64,
+                "--max_query_length", 16, "--threads", 2]
+
+    work = timed_run("preprocess.py", args(full), lambda: full.is_dir() and any(
+        n.startswith(".preprocess.tmp-") for n in os.listdir(full)))
+    return {"root": root, "args": args, "full": full, "work": work}
+
+
+def _manifest_core(folder: Path) -> dict:
+    man = json.loads((folder / "preprocess_manifest.json").read_text())
+    return {k: man[k] for k in ("tokenizer", "rows", "qrel_lines", "inputs", "pad_token_id", "data_type")}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_preprocess_killed_then_rerun_is_byte_identical(prep, seed):
+    out = prep["root"] / f"killed-{seed}"
+    marker = lambda: out.is_dir() and any(n.startswith(".preprocess.tmp-") for n in os.listdir(out))  # noqa: E731
+    assert kill_during_work("preprocess.py", prep["args"](out), marker, draw_delay(seed, prep["work"])), \
+        "the run finished before the kill"
+    run_script("preprocess.py", *prep["args"](out))
+    got, want = visible_files(out), visible_files(prep["full"])
+    assert got.keys() == want.keys()
+    for name in want:
+        if name != "preprocess_manifest.json":  # it holds the run time and command
+            assert got[name] == want[name], name
+    assert _manifest_core(out) == _manifest_core(prep["full"])
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # the killed run's staging folder is gone
+
+
+# --------------------------------------------------------------------------- star/inference.py
+@pytest.fixture(scope="module")
+def inference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("killinf")
+    rng = np.random.default_rng(0)
+    pre = root / "pre"
+    pre.mkdir()
+
+    def rows(n, width):
+        return [[0] + rng.integers(4, 600, rng.integers(4, width - 1)).tolist() + [2] for _ in range(n)]
+
+    write_token_cache(str(pre / "passages"), rows(2000, 64), 64)
+    write_token_cache(str(pre / "dev-query"), rows(150, 16), 16)
+    save_offset_map(str(pre / "pid2offset.pickle"), {i: i for i in range(2000)})
+    model = root / "model"
+    build_tiny_roberta(vocab_size=600, hidden=32, layers=2, heads=2, seed=5).save_pretrained(str(model))
+
+    def args(out):
+        return ["--data_type", "passage", "--mode", "dev", "--max_doc_length", 64, "--max_query_length", 16,
+                "--eval_batch_size", 32, "--topk", 50, "--no_cuda", "--model_path", model, "--preprocess_dir", pre,
+                "--output_dir", out]
+
+    full = root / "full"
+    work = timed_run("star/inference.py", args(full), full.is_dir)
+    return {"root": root, "args": args, "full": full, "work": work}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_star_inference_killed_then_rerun_is_byte_identical(inference, seed):
+    out = inference["root"] / f"killed-{seed}"
+    assert kill_during_work("star/inference.py", inference["args"](out), out.is_dir,
+                            draw_delay(seed, inference["work"])), "the run finished before the kill"
+    run_script("star/inference.py", *inference["args"](out))
+    got, want = visible_files(out), visible_files(inference["full"])
+    assert got.keys() == want.keys()
+    manifest = "star-inference-dev.manifest.json"
+    for name in want:
+        if name != manifest:  # it holds the time and the output folder's path
+            assert got[name] == want[name], name
+    man = json.loads(got[manifest])
+    assert {k: v["sha256"] for k, v in man["outputs"].items()} == \
+        {k: v["sha256"] for k, v in json.loads(want[manifest])["outputs"].items()}
