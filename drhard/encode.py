@@ -16,7 +16,8 @@ rows, so the order of the output does not depend on the batching.
 A killed run must not leave a file that a rerun trusts: the memmap is written
 under a temporary name and renamed when complete, and a sidecar
 ``<file>.info.json`` (rows, dim, max_len, model fingerprint) is written only
-after that.  A file is reused only when its size and its sidecar match.
+after that.  A file is reused only when its size and its sidecar match.  Free disk space
+for the whole file is checked before it is started.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .device import autocast
-from .io import atomic_path, atomic_write
+from .io import atomic_path, atomic_write, check_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def encode_to_memmap(model: torch.nn.Module, cache, max_len: int, path: str, bat
         return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
     if os.path.exists(path):
         logger.info("%s exists but is not a complete embedding file of this model: recomputing", path)
+    check_free_space(path, n * dim * 4, f"{n} x {dim} float32 embeddings")
     with contextlib.suppress(FileNotFoundError):
         os.remove(sidecar_path(path))
     with atomic_path(path) as tmp:

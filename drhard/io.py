@@ -381,6 +381,33 @@ def save_array_memmap(path: str, array: np.ndarray, dtype) -> None:
         np.ascontiguousarray(array, dtype=dtype).tofile(tmp)
 
 
+# --------------------------------------------------------------------------- disk space
+class NoSpaceError(DataError):
+    """Too little free disk space for an output (a ``DataError``: the scripts print one ``error:`` line)."""
+
+
+def _existing_folder(path: str) -> str:
+    p = os.path.abspath(path)
+    while not os.path.isdir(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return p
+
+
+def check_free_space(path: str, nbytes: int, what: str = "the output") -> None:
+    """Raise ``NoSpaceError`` unless the file system that will hold ``path`` has ``nbytes`` free.
+
+    ``path`` is the file (or folder) about to be written; it need not exist yet.
+    Called before a large memmap is written, so a run fails at once instead of
+    hours later with a half-written file.  A file that is being replaced does not
+    count as free: the new one is written beside it and renamed when complete.
+    """
+    folder = _existing_folder(path)
+    free = shutil.disk_usage(folder).free
+    if int(nbytes) > free:
+        raise NoSpaceError(f"{folder}: not enough free disk space for {what}: {int(nbytes)} bytes "
+                           f"({int(nbytes) / 2 ** 30:.2f} GiB) needed, {free} bytes ({free / 2 ** 30:.2f} GiB) free")
+
+
 # --------------------------------------------------------------------------- artifact names
 def token_prefix(preprocess_dir: str, name: str) -> str:
     """Path prefix of the preprocess token memmap ``name`` (``passages``, ``dev-query``, ...).
