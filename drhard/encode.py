@@ -15,9 +15,11 @@ rows, so the order of the output does not depend on the batching.
 
 A killed run must not leave a file that a rerun trusts: the memmap is written
 under a temporary name and renamed when complete, and a sidecar
-``<file>.info.json`` (rows, dim, max_len, model fingerprint) is written only
-after that.  A file is reused only when its size and its sidecar match.  Free disk space
-for the whole file is checked before it is started.
+``<file>.info.json`` (rows, dim, max_len, model fingerprint, token fingerprint) is
+written only after that.  A file is reused only when its size and its sidecar match,
+so embeddings of a preprocess folder that was rebuilt since (same row count, other
+tokens) are recomputed.  Free disk space for the whole file is checked before it is
+started.
 """
 from __future__ import annotations
 
@@ -158,8 +160,21 @@ def sidecar_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
-def _expected_info(n: int, dim: int, max_len: int, fingerprint: str) -> dict:
-    return {"rows": int(n), "dim": int(dim), "dtype": "float32", "max_len": int(max_len), "model": fingerprint}
+def _expected_info(n: int, dim: int, max_len: int, fingerprint: str, tokens: Optional[str] = None) -> dict:
+    info = {"rows": int(n), "dim": int(dim), "dtype": "float32", "max_len": int(max_len), "model": fingerprint}
+    if tokens is not None:
+        info["tokens"] = tokens
+    return info
+
+
+def tokens_fingerprint(cache, edge_rows: int = 1024) -> str:
+    """A short hash of a token cache: every row's length and the ids of its first and last rows."""
+    h = hashlib.sha256()
+    h.update(np.asarray(cache.lengths, dtype=np.int64).tobytes())
+    h.update(str(tuple(cache.ids.shape)).encode())
+    h.update(np.ascontiguousarray(cache.ids[:edge_rows]).tobytes())
+    h.update(np.ascontiguousarray(cache.ids[-edge_rows:]).tobytes())
+    return h.hexdigest()[:24]
 
 
 def read_sidecar(path: str) -> Optional[dict]:
@@ -170,13 +185,15 @@ def read_sidecar(path: str) -> Optional[dict]:
         return None
 
 
-def embeddings_complete(path: str, n: int, dim: int, max_len: int, fingerprint: str) -> bool:
-    """True when ``path`` is a finished float32 (n, dim) memmap of this model at this max_len."""
+def embeddings_complete(path: str, n: int, dim: int, max_len: int, fingerprint: str,
+                        tokens: Optional[str] = None) -> bool:
+    """True when ``path`` is a finished float32 (n, dim) memmap of this model at this max_len
+    (and, given ``tokens``, of a token cache with that ``tokens_fingerprint``)."""
     if not os.path.exists(path) or os.path.getsize(path) != n * dim * 4:
         return False
     info = read_sidecar(path)
     return info is not None and all(info.get(k) == v for k, v in
-                                    _expected_info(n, dim, max_len, fingerprint).items())
+                                    _expected_info(n, dim, max_len, fingerprint, tokens).items())
 
 
 def encode_to_memmap(model: torch.nn.Module, cache, max_len: int, path: str, batch_size: int,
@@ -184,12 +201,13 @@ def encode_to_memmap(model: torch.nn.Module, cache, max_len: int, path: str, bat
                      progress: bool = True, desc: Optional[str] = None, multi_gpu: bool = True) -> np.memmap:
     """Embed ``cache`` into the float32 memmap ``path`` (atomically) and return it opened read-only.
 
-    With ``reuse``, a complete file of the same model, rows and ``max_len``
+    With ``reuse``, a complete file of the same model, tokens and ``max_len``
     (see ``embeddings_complete``) is returned without recomputing.
     """
     n, dim = len(cache), embedding_size(model)
     fingerprint = model_fingerprint(model)
-    if reuse and embeddings_complete(path, n, dim, max_len, fingerprint):
+    tokens = tokens_fingerprint(cache)
+    if reuse and embeddings_complete(path, n, dim, max_len, fingerprint, tokens):
         logger.info("%s is complete (%d x %d, same model and max_len %d): reusing it", path, n, dim, max_len)
         return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
     if os.path.exists(path):
@@ -204,6 +222,6 @@ def encode_to_memmap(model: torch.nn.Module, cache, max_len: int, path: str, bat
         out.flush()
         del out
     with atomic_write(sidecar_path(path)) as f:
-        json.dump(_expected_info(n, dim, max_len, fingerprint), f)
+        json.dump(_expected_info(n, dim, max_len, fingerprint, tokens), f)
     return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
 

@@ -139,3 +139,29 @@ def test_star_inference_killed_then_rerun_is_byte_identical(inference, seed):
     man = json.loads(got[manifest])
     assert {k: v["sha256"] for k, v in man["outputs"].items()} == \
         {k: v["sha256"] for k, v in json.loads(want[manifest])["outputs"].items()}
+
+
+# --------------------------------------------------------------------------- what a rerun may trust
+def test_rerun_does_not_reuse_embeddings_of_a_rebuilt_preprocess_folder(tmp_path):
+    """Same model, rows and max_len, but the token cache was rebuilt (another tokenizer): recompute."""
+    import torch
+
+    from drhard.encode import encode_to_memmap
+    from drhard.io import TokenCache
+
+    model = build_tiny_roberta(vocab_size=100, hidden=32, layers=1, heads=2).eval()
+    prefix, path = str(tmp_path / "passages"), str(tmp_path / "out.memmap")
+
+    def tokens(seed):
+        rng = np.random.default_rng(seed)
+        write_token_cache(prefix, [[0] + rng.integers(4, 90, 6).tolist() + [2] for _ in range(20)], 10)
+        return TokenCache(prefix)
+
+    def encode(cache, out):
+        return np.array(encode_to_memmap(model, cache, 10, out, 8, torch.device("cpu"), progress=False))
+
+    first = encode(tokens(0), path)
+    rebuilt = tokens(1)
+    again = encode(rebuilt, path)
+    assert not np.array_equal(first, again)
+    np.testing.assert_array_equal(again, encode(rebuilt, str(tmp_path / "fresh.memmap")))
