@@ -77,6 +77,8 @@ def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outpu
                 else:
                     f.write(f"{qid}\t{pid}\t{rank}\n")
             n += 1
+        if n == 0:
+            raise data_error(input_path, None, "no ranked lines (empty rank file)")
     return n
 
 

@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     try:
         qrels = read_qrels(args.reference, doc=doc)
         run = read_run(args.candidate, doc=doc)
+        if not set(qrels) & set(run):
+            raise DataError(f"{args.candidate}: no query of the run is in the qrels {args.reference} "
+                            "(are you scoring the evaluation set, with the same id scheme?)")
         for msg in id_scheme_warnings(qrels, run, k, args.min_rel, args.reference, args.candidate):
             print(f"WARNING: {msg}", file=sys.stderr)
         metrics = evaluate(qrels, run, k, args.min_rel, recall_at=args.recall, ndcg=args.ndcg)

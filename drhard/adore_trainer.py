@@ -79,7 +79,7 @@ class QueryDataset(Dataset):
         path = os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
         rels = read_offset_qrels(path)
         for q, ps in rels.items():
-            if q >= len(self.cache) or any(p >= n_passages for p in ps):
+            if not 0 <= q < len(self.cache) or any(not 0 <= p < n_passages for p in ps):
                 raise data_error(path, None, f"query {q} or its passages lie outside the memmaps "
                                  f"({len(self.cache)} queries, {n_passages} passage embeddings)")
         self.rels = {q: ps for q, ps in rels.items() if ps}

@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .io import atomic_write, load_offset_map, read_offset_qrels, write_rank
+from .io import DataError, atomic_write, load_offset_map, read_offset_qrels, write_rank
 from .rawdata import dataset_files, read_collection, read_queries
 
 logger = logging.getLogger(__name__)
@@ -25,28 +25,38 @@ def corpus_by_offset(data_dir: str, data_type: str, preprocess_dir: str) -> List
     """Texts of the collection ordered by passage offset (the memmap row preprocess gave them)."""
     pid2offset = load_offset_map(os.path.join(preprocess_dir, "pid2offset.pickle"))
     texts: List[str] = [""] * len(pid2offset)
-    seen = 0
-    for pid, text in read_collection(dataset_files(data_dir, data_type)["collection"], data_type):
+    got = np.zeros(len(pid2offset), dtype=bool)
+    path = dataset_files(data_dir, data_type)["collection"]
+    for pid, text in read_collection(path, data_type):
         off = pid2offset.get(pid)
         if off is None:
             continue
+        if not 0 <= off < len(texts):
+            raise DataError(f"{preprocess_dir}/pid2offset.pickle: offset {off} of pid {pid} is not a row "
+                            f"(0..{len(texts) - 1})")
+        if got[off]:
+            raise DataError(f"{path}: passage id {pid} appears twice")
         texts[off] = text
-        seen += 1
+        got[off] = True
+    seen = int(got.sum())
     if seen != len(pid2offset):
-        raise ValueError(f"{data_dir}: the collection holds {seen} of the {len(pid2offset)} passages of "
-                         f"{preprocess_dir} (another collection?)")
+        raise DataError(f"{path}: the collection holds {seen} of the {len(pid2offset)} passages of "
+                        f"{preprocess_dir} (another collection?)")
     return texts
 
 
 def queries_by_offset(data_dir: str, data_type: str, preprocess_dir: str, mode: str) -> Tuple[List[int], List[str]]:
     qid2offset = load_offset_map(os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle"))
     found: Dict[int, str] = {}
-    for qid, text in read_queries(dataset_files(data_dir, data_type)[f"{mode}_queries"]):
+    path = dataset_files(data_dir, data_type)[f"{mode}_queries"]
+    for qid, text in read_queries(path):
         if qid in qid2offset:
+            if qid2offset[qid] in found:
+                raise DataError(f"{path}: query id {qid} appears twice")
             found[qid2offset[qid]] = text
     missing = len(qid2offset) - len(found)
     if missing:
-        raise ValueError(f"{data_dir}: {missing} {mode} queries of {preprocess_dir} are not in the query file")
+        raise DataError(f"{path}: {missing} {mode} queries of {preprocess_dir} are not in the query file")
     offsets = sorted(found)
     return offsets, [found[o] for o in offsets]
 

@@ -27,26 +27,60 @@ logger = logging.getLogger(__name__)
 NEGATIVE_TYPES = ("star", "inbatch", "random")
 
 
-def load_hardneg(path: str, n_passages: int) -> Dict[int, List[int]]:
-    """``hard.json``: {str(qoffset): [poffset, ...]} -> {qoffset: [poffset, ...]}."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def load_hardneg(path: str, n_passages: int, n_queries: Optional[int] = None) -> Dict[int, List[int]]:
+    """``hard.json``: {str(qoffset): [poffset, ...]} -> {qoffset: [poffset, ...]}.
+
+    Every malformation is a ``DataError`` naming the file (and the line of a
+    JSON syntax or UTF-8 error): a key that is not a query offset (or, with
+    ``n_queries``, not a row of the query memmap), a key given twice, a value
+    that is not a list of ints, a passage offset outside ``0..n_passages-1``.
+    """
     if not os.path.exists(path):
         raise data_error(path, None, "hard-negative file not found (run star/prepare_hardneg.py "
                          "or star/bm25_hardneg.py first)")
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise data_error(path, 1, "starts with a UTF-8 byte-order mark (remove it)")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise data_error(path, data.count(b"\n", 0, e.start) + 1, f"not valid UTF-8 ({e.reason})") from None
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise data_error(path, None, f"key {e.args[0]!r} appears twice") from None
+    except json.JSONDecodeError as e:
+        raise data_error(path, e.lineno, f"not valid JSON ({e.msg}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
         raise data_error(path, None, f"not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise data_error(path, None, "expected a JSON object {query offset: [passage offsets]}")
     out: Dict[int, List[int]] = {}
     for k, v in raw.items():
-        try:
-            q = int(k)
-        except ValueError:
-            raise data_error(path, None, f"key {k!r} is not a query offset") from None
+        if not (k.isascii() and k.isdigit()):
+            raise data_error(path, None, f"key {k!r} is not a query offset (a non-negative integer)")
+        q = int(k)
+        if q in out:
+            raise data_error(path, None, f"key {k!r} names query offset {q} again")
+        if n_queries is not None and q >= n_queries:
+            raise data_error(path, None, f"query offset {q} is not a row of the query memmap ({n_queries} rows): "
+                             "hard.json from another preprocess folder?")
         if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in v):
-            raise data_error(path, None, f"query {k}: expected a list of passage offsets")
+            raise data_error(path, None, f"query {k}: expected a list of passage offsets (integers)")
         bad = [p for p in v if p < 0 or p >= n_passages]
         if bad:
             raise data_error(path, None, f"query {k}: passage offset {bad[0]} outside 0..{n_passages - 1} "
@@ -85,7 +119,7 @@ class TrainQueryDataset(Dataset):
         rels = read_offset_qrels(qrel_path)
         n_q, n_p = len(self.queries), len(self.docs)
         for q, ps in rels.items():
-            if q >= n_q or any(p >= n_p for p in ps):
+            if not 0 <= q < n_q or any(not 0 <= p < n_p for p in ps):
                 raise data_error(qrel_path, None, f"query {q} or its passages lie outside the memmaps "
                                  f"({n_q} queries, {n_p} passages)")
         self.rels = {q: ps for q, ps in rels.items() if ps}
@@ -104,7 +138,7 @@ class TrainQueryDataset(Dataset):
             if not hardneg_path:
                 raise DataError("--hardneg_path is required for STAR / BM25-Neg training "
                                 "(use --negative_type inbatch or random to train without it)")
-            self.hard = load_hardneg(hardneg_path, n_p)
+            self.hard = load_hardneg(hardneg_path, n_p, n_q)
             check_hardneg_coverage(hardneg_path, self.hard, self.qoffsets, hard_num)
 
     def set_epoch(self, epoch: int) -> None:

@@ -74,14 +74,19 @@ def atomic_write(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
 
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` on success."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` on success.
+
+    The temporary names carry the writer's pid (``.<name>.tmp-<pid>-XXXX``), so
+    ``remove_stale_tmp`` can tell a killed writer's leftovers from a live one's.
+    """
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    base = os.path.basename(path)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-{os.getpid()}-", dir=parent)
     try:
         yield tmp
         if os.path.isdir(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{base}.old-{os.getpid()}-", dir=parent)
             os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -93,18 +98,54 @@ def atomic_dir(path: str) -> Iterator[str]:
         raise
 
 
-def remove_stale_tmp(folder: str) -> None:
-    """Delete temporary files that a killed writer left in ``folder``."""
+def _writer_pid(name: str) -> Optional[int]:
+    """The pid in ``.<name>.tmp-<pid>[-XXXX]`` / ``.<name>.old-<pid>-XXXX``; None when there is none."""
+    for marker in (".tmp-", ".old-"):
+        if marker in name:
+            head = name.rsplit(marker, 1)[1].split("-", 1)[0]
+            return int(head) if head.isdigit() else None
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (ours included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_tmp(folder: str) -> List[str]:
+    """Delete temporary files that a killed writer left in ``folder``; return their names.
+
+    Only names whose writer pid is not a running process are removed: a
+    concurrent writer's temp file (another run writing into the same folder)
+    is left alone, and so is a name without a pid (we cannot tell).
+    """
+    removed: List[str] = []
     if not os.path.isdir(folder):
-        return
+        return removed
     for name in os.listdir(folder):
-        if name.startswith(".") and (".tmp-" in name or ".old-" in name):
-            p = os.path.join(folder, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(p)
+        if not name.startswith(".") or not (".tmp-" in name or ".old-" in name):
+            continue
+        pid = _writer_pid(name)
+        if pid is None or pid_alive(pid):
+            continue
+        p = os.path.join(folder, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        removed.append(name)
+    if removed:
+        logger.info("%s: removed %d temporary files of killed writers", folder, len(removed))
+    return removed
 
 
 # --------------------------------------------------------------------------- token-id caches
@@ -181,9 +222,7 @@ class TokenCache:
         meta, n = check_token_cache(prefix)
         self.prefix = prefix
         self.ids = np.memmap(token_memmap_path(prefix), dtype=meta["type"], mode="r", shape=(n, meta["embedding_size"]))
-        self.lengths = np.load(length_path(prefix), allow_pickle=False)
-        if len(self.lengths) != n:
-            raise data_error(length_path(prefix), None, f"{len(self.lengths)} lengths for {n} rows")
+        self.lengths = _load_lengths(length_path(prefix), n, meta["embedding_size"])
         self.width = meta["embedding_size"]
 
     def __len__(self) -> int:
@@ -194,6 +233,23 @@ class TokenCache:
 
     def get(self, i: int, max_len: int) -> List[int]:
         return cut_ids(self[i], max_len)
+
+
+def _load_lengths(path: str, n: int, width: int) -> np.ndarray:
+    """``<prefix>_length.npy``: ``n`` integer row lengths in 1..width (no pickles are loaded)."""
+    try:
+        lengths = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise data_error(path, None, f"not a numpy array of row lengths ({e})") from None
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise data_error(path, None, f"expected a 1-d integer array, got {lengths.dtype} {lengths.shape}")
+    if len(lengths) != n:
+        raise data_error(path, None, f"{len(lengths)} lengths for {n} rows")
+    bad = np.flatnonzero((lengths < 1) | (lengths > width))
+    if len(bad):
+        raise data_error(path, None, f"row {bad[0]} has length {lengths[bad[0]]}, outside 1..{width} "
+                         f"({len(bad)} such rows)")
+    return lengths
 
 
 def write_token_cache(prefix: str, rows: Sequence[Sequence[int]], width: int) -> None:
@@ -270,26 +326,34 @@ def save_offset_map(path: str, mapping: Dict[int, int]) -> None:
 def _open_text(path: str):
     if not os.path.exists(path):
         raise data_error(path, None, "file not found")
-    return open(path, encoding="utf-8", newline="")
+    return open(path, "rb")
 
 
-def _clean_line(path: str, lineno: int, raw: str) -> str:
-    if raw.endswith("\r\n") or raw.endswith("\r"):
-        raise data_error(path, lineno, "CRLF line ending (convert the file with dos2unix)")
-    if lineno == 1 and raw.startswith("\ufeff"):
+def _clean_line(path: str, lineno: int, raw: bytes) -> str:
+    """One raw line (bytes, with its ``\\n``) -> text; CR, a BOM and bad UTF-8 are errors naming the line."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if b"\r" in raw:
+        if raw.endswith(b"\r"):
+            raise data_error(path, lineno, "CRLF line ending (convert the file with dos2unix)")
+        raise data_error(path, lineno, "carriage return inside the line (a lone CR line break?)")
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raise data_error(path, lineno, "starts with a UTF-8 byte-order mark (remove it)")
-    return raw.rstrip("\n")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise data_error(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def iter_lines(path: str) -> Iterator[Tuple[int, str]]:
-    """Yield ``(lineno, line)`` without the newline; CRLF, BOM and bad UTF-8 are errors."""
+    """Yield ``(lineno, line)`` without the newline; CR, BOM and bad UTF-8 are errors.
+
+    Lines are split on ``\\n`` only and decoded one by one, so an error names the
+    line that holds the bad byte.
+    """
     with _open_text(path) as f:
-        lineno = 0
-        try:
-            for lineno, raw in enumerate(f, 1):
-                yield lineno, _clean_line(path, lineno, raw)
-        except UnicodeDecodeError as e:
-            raise data_error(path, lineno + 1, f"not valid UTF-8 ({e.reason})") from None
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, _clean_line(path, lineno, raw)
 
 
 def parse_int(path: str, lineno: int, value: str, what: str) -> int:

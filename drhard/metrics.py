@@ -64,21 +64,24 @@ def _iter_fields(path: str) -> Iterator[Tuple[int, List[str]]]:
     """Yield ``(lineno, whitespace-split fields)`` of non-blank lines.
 
     CRLF is tolerated here (some MS MARCO downloads use it and the official
-    script strips it); a byte-order mark and bad UTF-8 are errors.
+    script strips it); a lone CR, a byte-order mark and bad UTF-8 are errors
+    naming the line (lines are decoded one by one).
     """
     if not os.path.exists(path):
         raise data_error(path, None, "file not found")
-    lineno = 0
-    with open(path, encoding="utf-8", newline="") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if lineno == 1 and line.startswith("\ufeff"):
-                    raise data_error(path, lineno, "starts with a UTF-8 byte-order mark (remove it)")
-                fields = line.split()
-                if fields:
-                    yield lineno, fields
-        except UnicodeDecodeError as e:
-            raise data_error(path, lineno + 1, f"not valid UTF-8 ({e.reason})") from None
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raise data_error(path, lineno, "starts with a UTF-8 byte-order mark (remove it)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise data_error(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if "\r" in line.rstrip("\n")[:-1]:
+                raise data_error(path, lineno, "carriage return inside the line (a lone CR line break?)")
+            fields = line.split()
+            if fields:
+                yield lineno, fields
 
 
 def _int(path: str, lineno: int, value: str, what: str) -> int:

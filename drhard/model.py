@@ -52,18 +52,43 @@ def _sentence_transformers_pooling(path: str) -> Optional[str]:
     return None
 
 
+def _one_line(e: Exception) -> str:
+    """The telling line of a (possibly multi-line) torch.load error: the refused global or opcode."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Unsupported", "Trying to load unsupported")):
+            return ln
+    return lines[0] if lines else type(e).__name__
+
+
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     st = os.path.join(path, "model.safetensors")
     pt = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(st):
         from safetensors.torch import load_file
-        return load_file(st, device="cpu")
+        try:
+            return load_file(st, device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a bad or truncated file
+            raise ModelLoadError(f"{st}: not a readable safetensors file ({e})") from None
     if os.path.exists(pt):
         try:
-            return torch.load(pt, map_location="cpu", weights_only=True)
+            state = torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-            raise ModelLoadError(f"{pt}: cannot be read as a weights-only state dict ({e})") from None
+            raise ModelLoadError(f"{pt}: cannot be read as a weights-only state dict ({_one_line(e)})") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise ModelLoadError(f"{pt}: not a state dict (expected a dict of name -> tensor, "
+                                 f"got {type(state).__name__})")
+        return state
     raise ModelLoadError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def _check_encoder(path: str, config) -> None:
+    """RobertaDot needs a bidirectional encoder (RoBERTa, BERT, MiniLM...): refuse GPT-style decoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"{path}: model_type {config.model_type!r} is not a bidirectional encoder; "
+                             "RobertaDot needs a RoBERTa/BERT-style encoder checkpoint")
 
 
 class RobertaDot(nn.Module):
@@ -136,6 +161,7 @@ class RobertaDot(nn.Module):
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"{path}: config.json is missing or not a transformers config ({e})") from None
+        _check_encoder(path, config)
         state = _read_state_dict(path)
         has_head = "embeddingHead.weight" in state
         if head is None:

@@ -133,8 +133,10 @@ def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None) -> np.
         raise DataError(f"{path}: wrong embedding dimension: it holds {info['dim']}-dim embeddings, but the "
                         f"model's embedding size is {dim}")
     if n is not None and size != n * dim * 4 and n > 0 and size % (4 * n) == 0:
-        raise DataError(f"{path}: wrong embedding dimension: {size} bytes are {n} passages of dim "
-                        f"{size // (4 * n)}, but the model's embedding size is {dim}")
+        other = (f" or {size // (4 * dim)} passages of dim {dim} (truncated, or another preprocess folder)"
+                 if size % (4 * dim) == 0 else "")
+        raise DataError(f"{path}: wrong embedding dimension or passage count: {size} bytes are not {n} passages x dim {dim} (the model's "
+                        f"embedding size); they are {n} passages of dim {size // (4 * n)} (another model)" + other)
     try:
         return open_embeddings(path, dim=dim, n=n)
     except DataError as e:
