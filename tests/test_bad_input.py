@@ -27,7 +27,7 @@ from drhard import io as dio
 from drhard import metrics, rawdata
 from drhard.dataset import load_hardneg
 from drhard.io import DataError
-from drhard.model import ModelLoadError, RobertaDot
+from drhard.model import ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
