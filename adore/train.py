@@ -22,6 +22,7 @@ except ImportError:  # run from a checkout without installing
 
 from drhard.adore_trainer import AdoreConfig, AdoreTrainer
 from drhard.io import DataError
+from drhard.lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import ModelLoadError
 
 
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> AdoreConfig:
     p.add_argument("--faiss_omp_num_threads", type=int, default=32,
                    help="CPU search threads (capped at the cores this process may use)")
     p.add_argument("--no_cuda", action="store_true", help="encode queries on the CPU even when a GPU is visible")
+    p.add_argument("--allow_tokenizer_mismatch", action="store_true",
+                   help="train even when the init model's tokenizer differs from the one that made --preprocess_dir")
     p.add_argument("--resume_from_checkpoint", default=None,
                    help="an epoch-N/ckpt-N directory, or 'auto' for the newest one in --model_save_dir")
     a = p.parse_args(argv)
@@ -66,9 +69,16 @@ def parse_args(argv=None) -> AdoreConfig:
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     cfg = parse_args(argv)
+    allow = cfg.allow_tokenizer_mismatch
     try:
+        tokenizer = check_tokenizer_lineage(cfg.preprocess_dir, cfg.init_path, allow)
         trainer = AdoreTrainer(cfg)
         history = trainer.train()
+        write_manifest(cfg.model_save_dir, "adore-train",
+                       {**preprocess_inputs(cfg.preprocess_dir, ["train-query"], ["train-qrel.tsv"]),
+                        "pembed": cfg.pembed_path},
+                       {"init_path": cfg.init_path, "history": history}, args=vars(cfg),
+                       model_dir=cfg.init_path, tokenizer=tokenizer, rows={"train-query": len(trainer.dataset)})
     except (DataError, ModelLoadError, FloatingPointError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     if history:

@@ -68,6 +68,7 @@ class AdoreConfig:
     faiss_gpu_index: List[int] = field(default_factory=list)
     faiss_omp_num_threads: int = 32
     no_cuda: bool = False
+    allow_tokenizer_mismatch: bool = False
     resume_from_checkpoint: Optional[str] = None
 
 

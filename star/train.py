@@ -29,6 +29,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from drhard.dataset import NEGATIVE_TYPES, TrainCollator, TrainQueryDataset
 from drhard.io import DataError
+from drhard.lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import ModelLoadError, RobertaDot
 from drhard.star_trainer import (DenseTrainer, EpochToDataset, NonFiniteLossError, SaveEveryEpoch,
                                  TensorBoardScalars, last_complete_checkpoint)
@@ -48,6 +49,8 @@ class DataTrainingArguments:
         "help": "star (in-batch + static hard), inbatch (Inbatch-Neg), random (Rand-Neg).",
         "choices": list(NEGATIVE_TYPES)})
     hard_num: int = field(default=1, metadata={"help": "Hard (or random) negatives per query."})
+    allow_tokenizer_mismatch: bool = field(default=False, metadata={
+        "help": "Train even when the init model's tokenizer differs from the one that made --preprocess_dir."})
 
 
 @dataclass
@@ -124,6 +127,8 @@ def main(argv=None) -> None:
     resume = _check_output_dir(train_args)
     set_seed(train_args.seed)
     try:
+        tokenizer = check_tokenizer_lineage(data_args.preprocess_dir, model_args.init_path,
+                                            data_args.allow_tokenizer_mismatch)
         head = None if model_args.head is None else model_args.head == "yes"
         model = RobertaDot.from_pretrained(model_args.init_path, pooling=model_args.pooling, head=head)
         dataset = TrainQueryDataset(data_args.preprocess_dir, data_args.max_query_length, data_args.max_doc_length,
@@ -148,6 +153,13 @@ def main(argv=None) -> None:
     except NonFiniteLossError as e:
         raise SystemExit(f"error: {e}")
     trainer.save_model(train_args.output_dir)
+    inputs = preprocess_inputs(data_args.preprocess_dir, ["passages", "train-query"], ["train-qrel.tsv"])
+    if data_args.hardneg_path:
+        inputs["hardneg"] = data_args.hardneg_path
+    write_manifest(train_args.output_dir, "star-train", inputs, {"init_path": model_args.init_path},
+                   args={**vars(model_args), **vars(data_args), **train_args.to_dict()},
+                   model_dir=train_args.output_dir, model=model, tokenizer=tokenizer,
+                   rows={"train-query": len(dataset), "passages": len(dataset.docs)})
     logger.info("model saved to %s", train_args.output_dir)
 
 
