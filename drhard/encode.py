@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from .device import autocast
-from .io import atomic_path, atomic_write, check_free_space
+from .io import DataError, atomic_path, atomic_write, check_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,15 @@ def encode_cache(model: torch.nn.Module, cache, max_len: int, batch_size: int, d
         batches = file_order_batches(n, batch_size)
     module = forward_module(model, device, multi_gpu)
     pad_id = model.pad_token_id
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="row", disable=not progress) as bar:
         for b, rows in enumerate(batches):
             ids, mask = batch_rows(cache, rows, max_len, pad_id, pad_to=max_len if b < pad_first else None)
+            if vocab is not None and ids.size and int(ids.max()) >= vocab:
+                bad = int(rows[int(np.argmax(ids.max(axis=1)))])
+                raise DataError(f"{getattr(cache, 'prefix', 'token cache')}: row {bad} holds token id "
+                                f"{int(ids.max())}, beyond the model's vocabulary of {vocab}: the folder was "
+                                "tokenized with another tokenizer than the model's")
             ids_t = torch.from_numpy(ids).to(device, non_blocking=True)  # (B, T)
             mask_t = torch.from_numpy(mask).to(device, non_blocking=True)  # (B, T)
             with autocast(device, fp16, bf16):

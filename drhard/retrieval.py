@@ -23,7 +23,8 @@ import torch
 
 from . import index as dindex
 from .encode import encode_to_memmap
-from .io import TokenCache, atomic_write, read_offset_qrels, save_array_memmap, token_prefix, write_rank
+from .io import (TokenCache, atomic_write, read_offset_qrels, remove_stale_tmp, save_array_memmap, token_prefix,
+                 write_rank)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def embed_passages(model, preprocess_dir: str, output_dir: str, max_len: int, ba
                    device: torch.device, fp16: bool = False, bf16: bool = False, reuse: bool = True) -> np.memmap:
     """``passages.memmap`` (+ ``passages-id.memmap``) in ``output_dir``; a complete file of the same model is reused."""
     os.makedirs(output_dir, exist_ok=True)
+    remove_stale_tmp(output_dir)  # temp files of killed runs (live writers' files are kept)
     cache = TokenCache(token_prefix(preprocess_dir, PASSAGES))
     emb = encode_to_memmap(model, cache, max_len, passage_embedding_path(output_dir), batch_size, device,
                            fp16=fp16, bf16=bf16, reuse=reuse, desc="passages")

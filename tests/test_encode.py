@@ -150,3 +150,13 @@ def test_failed_encoding_leaves_no_file(tmp_path, model, monkeypatch):
     assert not os.path.exists(path)
     assert not os.path.exists(denc.sidecar_path(path))
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_token_ids_beyond_the_vocabulary_are_a_clear_error(tmp_path):
+    """A folder tokenized with a bigger vocabulary than the model's fails naming the folder and row."""
+    from drhard.io import DataError, write_token_cache
+    prefix = str(tmp_path / "passages")
+    write_token_cache(prefix, [[0, 5, 6, 2], [0, 7, 999, 2], [0, 8, 2]], 8)
+    small = build_tiny_roberta(vocab_size=100)
+    with pytest.raises(DataError, match=r"passages: row 1 holds token id 999, beyond the model's vocabulary of 100"):
+        denc.encode_cache(small, TokenCache(prefix), 8, 2, torch.device("cpu"), progress=False)
