@@ -29,8 +29,8 @@ from drhard.metrics import evaluate_run
 from drhard.pipeline import Stage, StageFailed, StageRunner, format_table
 
 BUDGETS = {  # epochs of each warmup / STAR / ADORE run
-    "tiny": {"warmup": 2, "star": 2, "adore": 1},
-    "small": {"warmup": 6, "star": 6, "adore": 2},
+    "tiny": {"warmup": 5, "star": 5, "adore": 2},
+    "small": {"warmup": 10, "star": 10, "adore": 3},
     "default": {"warmup": 15, "star": 15, "adore": 4},
     "large": {"warmup": 40, "star": 40, "adore": 10},
 }
