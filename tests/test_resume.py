@@ -70,3 +70,44 @@ def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
     run_script("adore/train.py", *args, "--model_save_dir", out, "--resume_from_checkpoint", "auto")
     same_weights(tmp_path / "full" / "epoch-2", out / "epoch-2")
     same_weights(tmp_path / "full" / "epoch-1", out / "epoch-1")
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_adore_killed_at_a_random_point_then_resumed_matches(tmp_path, seed):
+    """SIGKILL at a seeded random moment (maybe before any checkpoint), resume with 'auto', same weights."""
+    import random
+    tiny = make_tiny_preprocess(tmp_path, seed=seed)
+    model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
+    docs = TokenCache(str(tiny["preprocess"] / "passages"))
+    with torch.no_grad():
+        emb = model(*pad_batch([docs[i] for i in range(len(docs))], model.pad_token_id)).numpy()
+    pembed = tmp_path / "passages.memmap"
+    emb.astype(np.float32).tofile(pembed)
+    args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
+            "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
+            "--num_train_epochs", 3, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 2,
+            "--seed", seed]
+    t0 = time.time()
+    run_script("adore/train.py", *args, "--model_save_dir", tmp_path / "full")
+    full_time = time.time() - t0
+    out = tmp_path / "killed"
+    proc = popen_script("adore/train.py", *args, "--model_save_dir", out)
+    time.sleep(random.Random(seed).uniform(0.3, 0.95) * full_time)
+    proc.kill()
+    proc.wait()
+    run_script("adore/train.py", *args, "--model_save_dir", out, "--resume_from_checkpoint", "auto")
+    same_weights(tmp_path / "full" / "epoch-3", out / "epoch-3")
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    tiny = make_tiny_preprocess(tmp_path)
+    p = run_script("star/train.py", "--do_train", "--max_query_length", 12, "--max_doc_length", 32,
+                   "--preprocess_dir", tiny["preprocess"], "--hardneg_path", tiny["hard"], "--init_path",
+                   tiny["init"], "--output_dir", tmp_path / "out", "--optimizer_str", "adamw", "--learning_rate",
+                   1e30, "--warmup_steps", 0, "--max_grad_norm", 0, "--per_device_train_batch_size", 8,
+                   "--num_train_epochs", 3, "--save_strategy", "no", check=False)
+    assert p.returncode != 0
+    assert "error: training loss is nan at step" in p.stderr or "error: training loss is inf at step" in p.stderr, \
+        p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
