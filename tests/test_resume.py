@@ -49,7 +49,7 @@ def test_star_resume_after_kill_gives_identical_weights(tmp_path, kill_after):
     same_weights(tmp_path / "full", out)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
     tiny = make_tiny_preprocess(tmp_path, seed=seed)
     model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
