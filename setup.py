@@ -11,6 +11,7 @@ setup(
         "transformers>=4.40",
         "accelerate>=0.26",
         "tokenizers>=0.15",
+        "tiktoken>=0.5",
         "safetensors",
         "numpy",
         "tqdm",

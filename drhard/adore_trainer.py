@@ -32,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 from . import index as dindex
 from .dataset import EpochSeededSampler, pad_batch, seed_everything
 from .device import resolve_device
-from .io import DataError, TokenCache, atomic_dir, data_error, read_offset_qrels, token_prefix
+from .io import DataError, TokenCache, atomic_dir, atomic_write, data_error, read_offset_qrels, token_prefix
 from .losses import adore_batch_metrics, adore_loss, build_adore_lists, gather_candidate_embeddings
 from .model import RobertaDot
 from .optim import param_groups
@@ -226,7 +226,14 @@ class AdoreTrainer:
         ga = cfg.gradient_accumulation_steps
         epochs = math.ceil(self.total_updates / self.updates_per_epoch)
         start_epoch = self.global_step // self.updates_per_epoch
+        hist_path = os.path.join(cfg.model_save_dir, "train_history.json")
         history: List[dict] = []
+        if self.global_step and os.path.exists(hist_path):  # a resumed run keeps the epochs before it
+            with open(hist_path, encoding="utf-8") as f:
+                history = [r for r in json.load(f) if r["epoch"] <= start_epoch]
+        if self.global_step and self.global_step % self.updates_per_epoch == 0 and \
+                not os.path.isdir(os.path.join(cfg.model_save_dir, f"epoch-{start_epoch}")):
+            self._save(f"epoch-{start_epoch}")  # killed between the step's ckpt and the epoch's save
         self.model.train()
         logged = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
         bar = tqdm(total=self.total_updates, initial=self.global_step, desc="ADORE", unit="step")
@@ -270,6 +277,8 @@ class AdoreTrainer:
                 row = {"epoch": epoch + 1, "step": self.global_step, "loss": ep["loss"] / ep["n"],
                        "train_mrr_10": ep["mrr"] / ep["n"], "train_recall_10": ep["recall"] / ep["n"]}
                 history.append(row)
+                with atomic_write(hist_path) as f:
+                    json.dump(history, f, indent=1)
                 logger.info("epoch %d: loss %.4f, train MRR@10 %.4f, R@10 %.4f (retrieved with the encoder as "
                             "it was at each step)", row["epoch"], row["loss"], row["train_mrr_10"],
                             row["train_recall_10"])
@@ -280,10 +289,4 @@ class AdoreTrainer:
         bar.close()
         if self.writer is not None:
             self.writer.close()
-        hist_path = os.path.join(cfg.model_save_dir, "train_history.json")
-        if os.path.exists(hist_path):  # a resumed run keeps the epochs before it
-            with open(hist_path, encoding="utf-8") as f:
-                history = [r for r in json.load(f) if r["epoch"] <= start_epoch] + history
-        with open(hist_path, "w", encoding="utf-8") as f:
-            json.dump(history, f, indent=1)
         return history
