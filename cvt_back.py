@@ -26,7 +26,7 @@ from typing import Dict, List
 
 from tqdm import tqdm
 
-from drhard.io import MODES, DataError, atomic_write, data_error, iter_lines, load_offset_map, parse_int
+from drhard.io import MODES, DataError, atomic_write, data_error, iter_rank_lines, load_offset_map
 
 
 def inverse_map(path: str) -> Dict[int, int]:
@@ -56,15 +56,8 @@ def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outpu
     n = 0
     with contextlib.ExitStack() as stack:
         files = [(p, stack.enter_context(atomic_write(p))) for p in outputs]
-        for lineno, line in tqdm(iter_lines(input_path), desc="cvt_back", unit=" lines"):
-            if not line.strip():
-                continue
-            cols = line.split()
-            if len(cols) != 3:
-                raise data_error(input_path, lineno, f"expected 3 columns 'qoffset poffset rank', got {len(cols)}")
-            qoff = parse_int(input_path, lineno, cols[0], "query offset")
-            poff = parse_int(input_path, lineno, cols[1], "passage offset")
-            rank = parse_int(input_path, lineno, cols[2], "rank")
+        lines = iter_rank_lines(input_path, offsets=True)
+        for lineno, qoff, poff, rank in tqdm(lines, desc="cvt_back", unit=" lines"):
             if qoff not in offset2qid:
                 raise data_error(input_path, lineno, f"query offset {qoff} is not in {qmap_path} "
                                  f"(is this a --mode {mode} run of this preprocess dir?)")

@@ -385,18 +385,29 @@ def read_offset_qrels(path: str, min_rel: int = 1) -> "OrderedDict[int, List[int
     return rels
 
 
-def read_rank(path: str) -> "OrderedDict[int, List[int]]":
-    """``qid pid rank`` (tab or space, 1-based ranks) -> {qid: [pid by rank]}."""
-    runs: "OrderedDict[int, List[Tuple[int, int]]]" = OrderedDict()
+def iter_rank_lines(path: str, offsets: bool = False) -> Iterator[Tuple[int, int, int, int]]:
+    """Stream a rank file: ``(lineno, q, p, rank)`` per non-blank ``q p rank`` line (tab or space).
+
+    ``offsets``: the ids are preprocess offsets (only the error messages differ).
+    """
+    what, qname, pname = (("qoffset poffset rank", "query offset", "passage offset") if offsets
+                          else ("qid pid rank", "query id", "passage id"))
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
         cols = line.split()
         if len(cols) != 3:
-            raise data_error(path, lineno, f"expected 3 columns 'qid pid rank', got {len(cols)}")
-        q = parse_int(path, lineno, cols[0], "query id")
-        p = parse_int(path, lineno, cols[1], "passage id")
+            raise data_error(path, lineno, f"expected 3 columns '{what}', got {len(cols)}")
+        q = parse_int(path, lineno, cols[0], qname)
+        p = parse_int(path, lineno, cols[1], pname)
         r = parse_int(path, lineno, cols[2], "rank")
+        yield lineno, q, p, r
+
+
+def read_rank(path: str) -> "OrderedDict[int, List[int]]":
+    """``qid pid rank`` (tab or space, 1-based ranks) -> {qid: [pid by rank]}."""
+    runs: "OrderedDict[int, List[Tuple[int, int]]]" = OrderedDict()
+    for _, q, p, r in iter_rank_lines(path):
         runs.setdefault(q, []).append((r, p))
     return OrderedDict((q, [p for _, p in sorted(v)]) for q, v in runs.items())
 

@@ -33,6 +33,17 @@ def same_weights(a, b):
         assert torch.equal(wa[k], wb[k]), k
 
 
+def frozen_pembed(tiny, tmp_path):
+    """Passage embeddings of the init model, written as a memmap (the frozen ADORE index)."""
+    model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
+    docs = TokenCache(str(tiny["preprocess"] / "passages"))
+    with torch.no_grad():
+        emb = model(*pad_batch([docs[i] for i in range(len(docs))], model.pad_token_id)).numpy()
+    pembed = tmp_path / "passages.memmap"
+    emb.astype(np.float32).tofile(pembed)
+    return pembed
+
+
 @pytest.mark.parametrize("kill_after", [4, 8])
 def test_star_resume_after_kill_gives_identical_weights(tmp_path, kill_after):
     tiny = make_tiny_preprocess(tmp_path)
@@ -52,12 +63,7 @@ def test_star_resume_after_kill_gives_identical_weights(tmp_path, kill_after):
 @pytest.mark.parametrize("seed", [1])
 def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
     tiny = make_tiny_preprocess(tmp_path, seed=seed)
-    model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
-    docs = TokenCache(str(tiny["preprocess"] / "passages"))
-    with torch.no_grad():
-        emb = model(*pad_batch([docs[i] for i in range(len(docs))], model.pad_token_id)).numpy()
-    pembed = tmp_path / "passages.memmap"
-    emb.astype(np.float32).tofile(pembed)
+    pembed = frozen_pembed(tiny, tmp_path)
     args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
             "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
             "--num_train_epochs", 2, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 3,
@@ -77,12 +83,7 @@ def test_adore_killed_at_a_random_point_then_resumed_matches(tmp_path, seed):
     """SIGKILL at a seeded random moment (maybe before any checkpoint), resume with 'auto', same weights."""
     import random
     tiny = make_tiny_preprocess(tmp_path, seed=seed)
-    model = RobertaDot.from_pretrained(str(tiny["init"])).eval()
-    docs = TokenCache(str(tiny["preprocess"] / "passages"))
-    with torch.no_grad():
-        emb = model(*pad_batch([docs[i] for i in range(len(docs))], model.pad_token_id)).numpy()
-    pembed = tmp_path / "passages.memmap"
-    emb.astype(np.float32).tofile(pembed)
+    pembed = frozen_pembed(tiny, tmp_path)
     args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
             "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
             "--num_train_epochs", 3, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 2,
