@@ -9,18 +9,11 @@ import torch
 from drhard import encode as denc
 from drhard.io import TokenCache, token_memmap_path, write_meta
 from drhard.model import build_tiny_roberta
+from tinyprep import spread
 
 CPU = torch.device("cpu")
 
 
-def spread(model, std=0.5, seed=0):
-    """Large random weights, so that different rows get clearly different embeddings."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, std, generator=g)
-    return model.eval()
 
 
 def make_cache(folder, name="passages", n=23, width=20, seed=0):

@@ -13,6 +13,7 @@ import torch
 from drhard.io import (TokenCache, read_offset_qrels, read_rank, save_offset_map, token_memmap_path, token_prefix,
                        write_meta)
 from drhard.model import build_tiny_roberta
+from tinyprep import spread
 from drhard.retrieval import hard_negatives
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,15 +21,6 @@ N_PASSAGES, DIM = 40, 24
 N_QUERIES = {"train": 9, "dev": 6}
 
 
-def spread(model, std=0.5, seed=0):
-    """Large random weights: at the usual init scale a tiny model maps every text to nearly the same
-    vector, and a ranking of near-ties would test nothing."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, std, generator=g)
-    return model.eval()
 
 
 def write_tokens(folder, name, n, width, rng):

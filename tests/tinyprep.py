@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from drhard.io import save_offset_map, write_token_cache
 from drhard.model import build_tiny_roberta
@@ -61,3 +62,14 @@ def popen_script(script: str, *args, cwd=REPO) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+
+
+def spread(model, std=0.5, seed=0):
+    """Large random weights: at the usual init scale a tiny model maps every text to nearly the same
+    vector, and a ranking of near-ties would test nothing."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std, generator=g)
+    return model.eval()
