@@ -12,6 +12,7 @@ rows of the memmaps (what preprocess assigned).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,18 +24,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import DataError, NoSpaceError, data_error  # noqa: F401 - re-exported: readers raise them
+
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "dev", "test", "lead")
-
-
-class DataError(ValueError):
-    """Malformed input.  The message names the file (and line where there is one)."""
-
-
-def data_error(path: str, lineno: Optional[int], msg: str) -> DataError:
-    where = f"{path}:{lineno}" if lineno is not None else str(path)
-    return DataError(f"{where}: {msg}")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -457,10 +451,6 @@ def save_array_memmap(path: str, array: np.ndarray, dtype) -> None:
 
 
 # --------------------------------------------------------------------------- disk space
-class NoSpaceError(DataError):
-    """Too little free disk space for an output (a ``DataError``: the scripts print one ``error:`` line)."""
-
-
 def _existing_folder(path: str) -> str:
     p = os.path.abspath(path)
     while not os.path.isdir(p) and os.path.dirname(p) != p:
@@ -481,6 +471,36 @@ def check_free_space(path: str, nbytes: int, what: str = "the output") -> None:
     if int(nbytes) > free:
         raise NoSpaceError(f"{folder}: not enough free disk space for {what}: {int(nbytes)} bytes "
                            f"({int(nbytes) / 2 ** 30:.2f} GiB) needed, {free} bytes ({free / 2 ** 30:.2f} GiB) free")
+
+
+def allocate_file(path: str, nbytes: int, what: str = "the output") -> None:
+    """Create ``path`` with ``nbytes`` of disk space reserved (``posix_fallocate``), ready for ``np.memmap(mode="r+")``.
+
+    A sparse file (``np.memmap(mode="w+")``) reserves nothing: when the disk fills
+    while it is written the process dies with ``SIGBUS`` ("Bus error").  Reserving
+    the blocks up front turns that into ``NoSpaceError`` before any work, and the
+    file is removed again.  File systems without ``fallocate`` get a sparse file
+    (after the ``check_free_space`` test).
+    """
+    check_free_space(path, nbytes, what)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            if nbytes > 0:
+                os.posix_fallocate(fd, 0, int(nbytes))
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpaceError(f"{os.path.dirname(os.path.abspath(path))}: not enough free disk space for "
+                                   f"{what}: {int(nbytes)} bytes ({int(nbytes) / 2 ** 30:.2f} GiB) needed") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            os.ftruncate(fd, int(nbytes))  # no fallocate on this file system: sparse, checked above
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        raise
+    os.close(fd)
 
 
 # --------------------------------------------------------------------------- artifact names

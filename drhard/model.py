@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from .errors import ModelLoadError  # noqa: F401 - re-exported
 from .io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ POOLINGS = ("first", "mean")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 _IGNORED_PREFIXES = ("lm_head.", "pooler.", "classifier.", "cls.", "qa_outputs.")
-
-
-class ModelLoadError(ValueError):
-    """A directory that does not hold a loadable dual encoder."""
 
 
 def _sentence_transformers_pooling(path: str) -> Optional[str]:

@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import losses
+from .errors import NonFiniteError
 from .dataset import EpochSeededSampler
 from .model import RobertaDot
 
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(NonFiniteError):
+    """The training loss is NaN or infinite."""
 
 
 class DenseTrainer(Trainer):

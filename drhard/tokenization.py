@@ -40,6 +40,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
+from .errors import TokenizerNotFound  # noqa: F401 - re-exported
+
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,6 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "t
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 DEFAULT_NAME = "roberta-base"
 ENV_TOKENIZER = "DRHARD_TOKENIZER"
-
-
-class TokenizerNotFound(FileNotFoundError):
-    """The tokenizer name is neither a local directory nor resolvable offline."""
 
 
 def bytes_to_unicode() -> dict:

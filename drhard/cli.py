@@ -1,0 +1,60 @@
+"""How every script ends: one ``error:`` line on stderr and an exit status from one table.
+
+======  =====================================================================
+status  meaning
+======  =====================================================================
+0       success
+1       the run failed and said why in one ``error: ...`` line: bad input
+        data, a model that does not load, a non-finite loss/model/embedding,
+        too little disk space, an output the system refused (read-only
+        folder, full disk), a corrupt checkpoint
+2       bad command line: an unknown flag, a missing argument, a value out of
+        range (argparse's usage message, also one ``error:`` line)
+130     interrupted (Ctrl-C / SIGINT); outputs are left as they were
+======  =====================================================================
+
+Scripts call ``sys.exit(run(main))``: ``main(argv)`` returns an int (or None for
+0) and raises a ``DrhardError`` (``drhard.errors``) or an ``OSError`` for the
+failures above.  Any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+from .errors import DrhardError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def os_error_message(e: OSError) -> str:
+    """``path: what the system said`` for an OSError (a read-only folder, a full disk, a missing folder)."""
+    path = e.filename if e.filename is not None else ""
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    what = e.strerror or str(e)
+    return f"{path}: {what}" if path else what
+
+
+def report(message: str) -> None:
+    """Print the one ``error:`` line (messages are folded onto one line)."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+
+
+def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)`` and turn the user-facing failures into the exit statuses of the table above."""
+    try:
+        rc = main(argv)
+    except DrhardError as e:
+        report(str(e))
+        return EXIT_ERROR
+    except OSError as e:
+        report(os_error_message(e))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if rc is None else int(rc)
