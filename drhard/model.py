@@ -1,13 +1,19 @@
 """The dual encoder: ``RobertaDot`` of DRhard, over any Hugging Face encoder.
 
-RobertaDot (SPEC §5): RoBERTa without pooler -> first token's hidden state ->
+RobertaDot: RoBERTa without pooler -> first token's hidden state ->
 ``Linear(hidden, output_embedding_size)`` -> ``LayerNorm``.  One encoder embeds
 queries and documents; relevance is the inner product.
 
 State-dict keys are ``roberta.*`` (the backbone, under its model type's usual
 prefix: ``bert.*`` for BERT/MiniLM), ``embeddingHead.{weight,bias}`` and
 ``norm.{weight,bias}``, so a directory written by the original
-(``config.json`` + ``pytorch_model.bin``) loads unchanged.  Checkpoints whose
+(``config.json`` + ``pytorch_model.bin``) loads unchanged, whichever transformers
+wrote it: 2.8 or 4.x (whose config.json holds ``"return_dict": false``; the
+encoder's output form is always asked for explicitly, never taken from the
+config), ANCE's warmup checkpoints from 2.3 (no ``model_type``: read as RoBERTa,
+as the original did), in torch's zip or legacy serialization (always read with
+``weights_only=True``).  Their pooler and classifier weights are dropped
+quietly; any other unused weight is a warning.  Checkpoints whose
 backbone keys have no prefix (a plain ``RobertaModel``/``BertModel`` save, the
 sentence-transformers MiniLM) load too.  We save ``config.json`` +
 ``model.safetensors``; extra config fields ``drhard_pooling`` (first|mean) and
@@ -33,7 +39,12 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("first", "mean")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
+# Checkpoint weights RobertaDot has no use for, dropped without a warning: a task head (ANCE's
+# RobertaForSequenceClassification ``classifier.*``, an MLM head), the backbone's pooler (transformers
+# 2.x RobertaModel always had one; the original's 4.x saves do not), and buffers that are not weights.
 _IGNORED_PREFIXES = ("lm_head.", "pooler.", "classifier.", "cls.", "qa_outputs.")
+_IGNORED_BACKBONE_PREFIXES = ("pooler.",)
+_IGNORED_BUFFERS = ("position_ids", "token_type_ids")
 
 
 def _sentence_transformers_pooling(path: str) -> Optional[str]:
@@ -78,6 +89,45 @@ def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
                                  f"got {type(state).__name__})")
         return state
     raise ModelLoadError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+# What every BERT-family config.json holds, with or without ``model_type``.
+_ENCODER_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _read_config(path: str):
+    """The transformers config of a model directory.
+
+    ``config.json`` without a ``model_type`` key comes from transformers 2.x (ANCE's
+    warmup checkpoints, written by 2.3, name ``RobertaDot_NLL_LN`` in ``architectures``):
+    the original read every checkpoint with ``RobertaConfig``, and so do we for these
+    (said in the log).  A file with no model fields at all is refused.
+    """
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: config.json is missing (not a transformers model directory)") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: config.json is not a transformers config ({e})") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path}: config.json is not a transformers config (not a JSON object)")
+    if "model_type" not in raw:
+        lacking = [k for k in _ENCODER_CONFIG_KEYS if k not in raw]
+        if lacking:
+            raise ModelLoadError(f"{path}: config.json is not a transformers config (no model_type key, and no "
+                                 f"{', '.join(lacking)} of a transformers 2.x RoBERTa config)")
+        from transformers import RobertaConfig
+        logger.info("%s: config.json has no model_type key (a transformers 2.x save, architectures %s): reading "
+                    "it as a RoBERTa config, as the original did", path, raw.get("architectures"))
+        loader = RobertaConfig
+    else:
+        loader = AutoConfig
+    try:
+        return loader.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - an unknown model_type, a malformed field
+        raise ModelLoadError(f"{path}: config.json is missing or not a transformers config ({e})") from None
 
 
 def _check_encoder(path: str, config) -> None:
@@ -154,10 +204,7 @@ class RobertaDot(nn.Module):
                 raise ModelLoadError(f"{path}: model directory not found (a local directory with config.json "
                                      "and model weights is needed; offline, nothing is downloaded)")
             path = str(hub)
-        try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"{path}: config.json is missing or not a transformers config ({e})") from None
+        config = _read_config(path)
         _check_encoder(path, config)
         state = _read_state_dict(path)
         has_head = "embeddingHead.weight" in state
@@ -193,7 +240,15 @@ class RobertaDot(nn.Module):
             raise ModelLoadError(
                 f"{path}: not a {self.config.model_type} dual-encoder checkpoint: {len(missing)} encoder "
                 f"weights missing (e.g. {missing[:3]}); found keys like {sorted(state)[:3]}")
-        self.backbone.load_state_dict({k: v.float() for k, v in bb.items() if k in backbone_keys}, strict=True)
+        expected = []  # weights the original's checkpoints carry and RobertaDot does not use
+        for k in sorted(set(bb) - backbone_keys):
+            (expected if k.startswith(_IGNORED_BACKBONE_PREFIXES) or k.endswith(_IGNORED_BUFFERS)
+             else unused).append(prefix + k if prefix + k in state else k)
+        try:
+            self.backbone.load_state_dict({k: v.float() for k, v in bb.items() if k in backbone_keys}, strict=True)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{path}: encoder weights do not fit its config.json "
+                                 f"({' '.join(str(e).split())[:500]})") from None
         if self.use_head:
             if hd:
                 try:
@@ -205,14 +260,22 @@ class RobertaDot(nn.Module):
                     raise ModelLoadError(f"{path}: embeddingHead/norm weights do not fit ({e})") from None
             else:
                 logger.info("%s has no embeddingHead/norm weights: the head starts from random init", path)
-        unused = [k for k in unused if not k.startswith(_IGNORED_PREFIXES) and not k.endswith("position_ids")]
+        expected += [k for k in unused if k.startswith(_IGNORED_PREFIXES) or k.endswith(_IGNORED_BUFFERS)]
+        unused = [k for k in unused if not k.startswith(_IGNORED_PREFIXES) and not k.endswith(_IGNORED_BUFFERS)]
+        if expected:
+            logger.info("%s: %d weights of the checkpoint are not part of the dual encoder and are ignored, as "
+                        "the original ignored them (e.g. %s)", path, len(expected), expected[:3])
         if unused:
             logger.warning("%s: %d checkpoint weights not used (e.g. %s)", path, len(unused), unused[:3])
 
     # ------------------------------------------------------------------ forward
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed a batch of token ids: (B, L) -> (B, output_embedding_size)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        # return_dict and the output flags are passed, not taken from the config: the original's
+        # transformers 4.x saves hold "return_dict": false, ANCE's "output_hidden_states"
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
+                            output_hidden_states=False, output_attentions=False)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, L, H)
         if self.pooling == "first":
             emb = hidden[:, 0]  # (B, H)
         else:
