@@ -19,6 +19,8 @@ failures above.  Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -58,3 +60,32 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
         print("interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     return EXIT_OK if rc is None else int(rc)
+
+
+# --------------------------------------------------------------------------- argparse types (exit 2 at the door)
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer ``>= minimum``; anything else is a usage error (exit 2)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def file_path(value: str) -> str:
+    """An argparse ``type=`` for an input file: a directory is a usage error (a missing file is the reader's)."""
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value} is a directory, expected a file")
+    return value
+
+
+def dir_path(value: str) -> str:
+    """An argparse ``type=`` for a folder (input or output): an existing non-directory is a usage error."""
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value} is not a directory")
+    return value

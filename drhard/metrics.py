@@ -13,19 +13,24 @@ MRR@K follows the official MS MARCO evaluation script (``msmarco_eval.py``):
 The summation order and the final division are the official ones, so the
 printed float is the same to the last digit.
 
-Relevance threshold.  The official script treats every qrels line as relevant
-(MS MARCO qrels hold only label-1 lines).  Graded qrels (TREC DL
-``2019qrels-pass.txt``, a preprocess ``test-qrel.tsv``) also hold grade-0
-lines, which mean "judged non-relevant".  Here a pair is relevant for MRR and
-Recall when ``grade >= min_rel``, ``min_rel`` = 1 by default (the TREC DL
-document convention; the TREC DL passage convention for binary measures is 2,
-``--min_rel 2``).  Every query of REF stays in the denominator, even one with no
-relevant line.
+Relevance.  The official script counts **every** qrels line as relevant,
+whatever its grade, and so do we by default (``min_rel`` None): MS MARCO qrels
+hold only label-1 lines, so nothing changes there, and on graded qrels (TREC DL
+``2019qrels-pass.txt``, a preprocess ``test-qrel.tsv`` made from it, which hold
+many grade-0 "judged non-relevant" lines) the MRR printed is the official
+number.  Recall follows the same rule, so MRR and Recall agree on what is
+relevant.  ``min_rel`` = g (``msmarco_eval.py --min_rel g``) is the opt-in
+grade threshold: a pair is relevant for MRR and Recall when ``grade >= g``
+(1: the TREC DL document convention; 2: the TREC DL passage convention for
+binary measures).  ``zero_grade_lines`` counts the lines that the two readings
+disagree on (``msmarco_eval.py`` says so on stderr).  Every query of REF stays in
+the denominator, even one with no relevant line.
 
 NDCG@10 and Recall@K are computed by ``pytrec_eval`` (trec_eval's
 ``ndcg_cut.10`` and ``recall.K``) with trec_eval's ``-c`` semantics: queries of
-REF that are missing from the run count as 0.  NDCG uses the grades as gains;
-Recall uses ``min_rel`` as trec_eval's relevance level.  The run's order is
+REF that are missing from the run count as 0.  NDCG always uses the grades as
+gains (grade 0 gains nothing, whatever ``min_rel``); Recall is given the
+relevance above as 1/0 judgments (every judged pair stays judged).  The run's order is
 given to trec_eval as the score ``-rank``, so every measure sees the same order;
 trec_eval counts positions in that order, so a gap in the rank values matters to
 MRR (official semantics) but not to NDCG/Recall (trec_eval semantics).
@@ -45,7 +50,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, Hashable, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from drhard.io import DataError, data_error
 
@@ -207,18 +212,24 @@ def _ranked(ranking: Ranking) -> Iterator[Tuple[int, Hashable]]:
     return enumerate(ranking, 1)
 
 
-def relevant_sets(qrels: Qrels, min_rel: int = 1) -> Dict[Hashable, set]:
-    """``{qid: set of relevant pids}``; graded qrels keep pairs with ``grade >= min_rel``."""
+def relevant_sets(qrels: Qrels, min_rel: Optional[int] = None) -> Dict[Hashable, set]:
+    """``{qid: set of relevant pids}``: every judged pid (``min_rel`` None, the official rule), or, for
+    graded qrels, the pairs with ``grade >= min_rel``."""
     out = {}
     for qid, judged in qrels.items():
-        if isinstance(judged, Mapping):
+        if isinstance(judged, Mapping) and min_rel is not None:
             out[qid] = {p for p, g in judged.items() if g >= min_rel}
         else:
             out[qid] = set(judged)
     return out
 
 
-def mrr_at_k(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: int = 1) -> float:
+def zero_grade_lines(qrels: Qrels) -> int:
+    """Judged pairs with a grade below 1 (relevant for the official MRR, non-relevant for NDCG)."""
+    return sum(1 for judged in qrels.values() if isinstance(judged, Mapping) for g in judged.values() if g < 1)
+
+
+def mrr_at_k(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: Optional[int] = None) -> float:
     """MS MARCO MRR@k, summed in run order and divided by the number of qrels queries."""
     if k < 1:
         raise ValueError(f"MRR cut-off must be >= 1, got {k}")
@@ -239,15 +250,22 @@ def mrr_at_k(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: int = 1) -> fl
     return mrr / len(relevant)
 
 
-def _trec_inputs(qrels: Qrels, run: Run, min_rel: int):
+def _trec_inputs(qrels: Qrels, run: Run, min_rel: Optional[int], binary: bool):
     """String-keyed qrels/run for pytrec_eval; REF queries missing from the run get an empty
-    ranking (a placeholder id that no qrels holds), which is trec_eval's ``-c``."""
+    ranking (a placeholder id that no qrels holds), which is trec_eval's ``-c``.
+
+    ``binary``: judgments are 1 (relevant by ``relevant_sets(qrels, min_rel)``) or 0;
+    otherwise the grades (1 for an ungraded qrels).
+    """
+    relevant = relevant_sets(qrels, min_rel) if binary else None
     tq: Dict[str, Dict[str, int]] = {}
     for qid, judged in qrels.items():
-        if isinstance(judged, Mapping):
+        if binary:
+            tq[str(qid)] = {str(p): int(p in relevant[qid]) for p in judged}
+        elif isinstance(judged, Mapping):
             tq[str(qid)] = {str(p): int(g) for p, g in judged.items()}
         else:
-            tq[str(qid)] = {str(p): min_rel for p in judged}
+            tq[str(qid)] = {str(p): 1 for p in judged}
     tr: Dict[str, Dict[str, float]] = {}
     for qid, ranking in run.items():
         if str(qid) in tq:
@@ -258,22 +276,27 @@ def _trec_inputs(qrels: Qrels, run: Run, min_rel: int):
     return tq, tr
 
 
-def trec_measures(qrels: Qrels, run: Run, measures: Sequence[str], min_rel: int = 1) -> Dict[str, float]:
+def trec_measures(qrels: Qrels, run: Run, measures: Sequence[str],
+                  min_rel: Optional[int] = None) -> Dict[str, float]:
     """Mean of trec_eval measures (pytrec_eval names, e.g. ``ndcg_cut.10``, ``recall.100``)
-    over every qrels query (``-c``)."""
+    over every qrels query (``-c``).  ``recall.*`` sees the relevance of ``relevant_sets(qrels,
+    min_rel)``; every other measure sees the grades."""
     import pytrec_eval
 
-    tq, tr = _trec_inputs(qrels, run, min_rel)
-    evaluator = pytrec_eval.RelevanceEvaluator(tq, set(measures), relevance_level=int(min_rel))
-    per_query = evaluator.evaluate(tr)
     out = {}
-    for m in measures:
-        key = m.replace(".", "_")
-        out[m] = sum(v[key] for v in per_query.values()) / len(tq)
+    for binary in (True, False):
+        group = [m for m in measures if m.startswith("recall.") == binary]
+        if not group:
+            continue
+        tq, tr = _trec_inputs(qrels, run, min_rel, binary)
+        per_query = pytrec_eval.RelevanceEvaluator(tq, set(group), relevance_level=1).evaluate(tr)
+        for m in group:
+            key = m.replace(".", "_")
+            out[m] = sum(v[key] for v in per_query.values()) / len(tq)
     return out
 
 
-def recall_at_k(qrels: Qrels, run: Run, k: int = 100, min_rel: int = 1) -> float:
+def recall_at_k(qrels: Qrels, run: Run, k: int = 100, min_rel: Optional[int] = None) -> float:
     """trec_eval ``recall.k`` (relevant retrieved in the top k / relevant), ``-c``."""
     return trec_measures(qrels, run, [f"recall.{int(k)}"], min_rel)[f"recall.{int(k)}"]
 
@@ -297,7 +320,7 @@ def _dense_from_zero(ids: Iterable[Hashable]) -> bool:
     return len(set(nums)) >= 0.9 * (max(nums) + 1)
 
 
-def id_scheme_warnings(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: int = 1,
+def id_scheme_warnings(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: Optional[int] = None,
                        ref_name: str = "REF", run_name: str = "RUN") -> List[str]:
     """Messages for a run whose ids do not look like the qrels' ids.
 
@@ -336,7 +359,7 @@ def metric_name_mrr(k: int) -> str:
     return f"MRR @{k}"
 
 
-def evaluate(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: int = 1,
+def evaluate(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: Optional[int] = None,
              recall_at: Sequence[int] = (), ndcg: bool = False) -> Dict[str, float]:
     """The numbers ``msmarco_eval.py`` prints, keyed by their printed names.
 
@@ -359,7 +382,7 @@ def evaluate(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: int = 1,
 
 
 def evaluate_run(qrels_path: str, run_path: str, k: int = DEFAULT_K, doc: bool = False,
-                 min_rel: int = 1, recall_at: Sequence[int] = (100,), ndcg: bool = True,
+                 min_rel: Optional[int] = None, recall_at: Sequence[int] = (100,), ndcg: bool = True,
                  check_ids: bool = True) -> Dict[str, float]:
     """Read ``qrels_path`` and ``run_path`` and return every number (MRR@k, QueriesRanked,
     Recall@100 and NDCG@10 by default).  Id-scheme warnings go to this module's logger."""

@@ -100,11 +100,83 @@ def test_graded_qrels_threshold(tmp_path):
     qrels = write(tmp_path / "2019qrels-pass.txt", ["5 Q0 10 0", "5 Q0 11 1", "5 Q0 12 2", "6 Q0 20 0"])
     run = write(tmp_path / "run.tsv", ["5\t10\t1", "5\t11\t2", "5\t12\t3", "6\t20\t1"])
     q, r = metrics.read_qrels(str(qrels)), metrics.read_run(str(run))
-    # grade 0 is judged non-relevant; query 6 has no relevant passage but stays in the denominator
-    assert metrics.mrr_at_k(q, r, 10) == (1 / 2) / 2
+    # default: the official rule, every qrels line is relevant (grade 0 too)
+    assert metrics.mrr_at_k(q, r, 10) == (1 + 1) / 2
+    # opt-in threshold: grade 0 is judged non-relevant; query 6 has no relevant passage but stays in the denominator
+    assert metrics.mrr_at_k(q, r, 10, min_rel=1) == (1 / 2) / 2
     assert metrics.mrr_at_k(q, r, 10, min_rel=2) == (1 / 3) / 2
     res = run_eval(qrels, run, "--min_rel", "2")
     assert res.stdout.splitlines()[2] == f"MRR @10: {(1 / 3) / 2}"
+    assert "grade" not in res.stderr  # the note is about the default reading only
+    res = run_eval(qrels, run)
+    assert res.stdout.splitlines()[2] == f"MRR @10: {(1 + 1) / 2}"
+    note = [ln for ln in res.stderr.splitlines() if "grade" in ln]
+    assert len(note) == 1 and "2 " in note[0] and "--min_rel" in note[0]
+
+
+def official_mrr(qrels_path, run_path, k=10):
+    """The official MS MARCO script's rule, written out slowly: every qrels line is a relevant passage;
+    the candidate list is indexed by rank - 1; the sum runs over the run's queries that the qrels judge and
+    is divided by the number of qrels queries."""
+    relevant = {}
+    for line in open(qrels_path):
+        cols = line.split()
+        relevant.setdefault(int(cols[0]), []).append(int(cols[2]))
+    ranked = {}
+    for line in open(run_path):
+        q, p, r = map(int, line.split()[:3])
+        ranked.setdefault(q, [0] * 1000)[r - 1] = p
+    mrr = 0.0
+    for q, cands in ranked.items():
+        if q in relevant:
+            for i in range(k):
+                if cands[i] in relevant[q]:
+                    mrr += 1 / (i + 1)
+                    break
+    return mrr / len(relevant), len(ranked)
+
+
+@pytest.mark.parametrize("parts", [("data", "msmarco-eval", "2019qrels-pass.txt"),
+                                   ("data", "msmarco-eval", "2020qrels-pass.txt"),
+                                   ("data", "cranfield", "passage", "2019qrels-pass.txt")])
+def test_default_mrr_is_the_official_number_on_graded_qrels(tmp_path, parts):
+    """Real graded qrels (TREC DL, and the Cranfield 2019qrels-pass.txt the pipeline turns into test-qrel.tsv)
+    hold grade-0 lines; the default output is the official script's, and differs from --min_rel 1."""
+    path = shared_path(*parts)
+    qrels = metrics.read_qrels(str(path))
+    assert metrics.zero_grade_lines(qrels) > 0
+    # grade-0 pairs high in the ranking: where the two readings differ
+    rng = random.Random(3)
+    lines = []
+    for q in sorted(qrels, key=int):
+        judged = sorted(qrels[q], key=lambda p: (qrels[q][p], rng.random()))  # grade 0 first
+        pids = judged[:3] + [f"{8_000_000 + i}" for i in range(5)] + judged[3:]
+        rng.shuffle(pids)
+        lines += [f"{q}\t{p}\t{i}" for i, p in enumerate(pids, 1)]
+    run = write(tmp_path / "run.tsv", lines)
+    want, ranked = official_mrr(path, run)
+    res = run_eval(path, run)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[2:4] == [f"MRR @10: {want}", f"QueriesRanked: {ranked}"]
+    thresholded = run_eval(path, run, "--min_rel", "1").stdout.splitlines()[2]
+    assert thresholded != f"MRR @10: {want}"
+    note = [ln for ln in res.stderr.splitlines() if "grade" in ln]
+    assert note == [note[0]] and f"{metrics.zero_grade_lines(qrels)} " in note[0]
+    # the library number that prepare_hardneg prints is the same
+    assert metrics.evaluate_run(str(path), str(run), recall_at=(), ndcg=False)["MRR @10"] == want
+
+
+def test_evaluate_offsets_prints_the_official_number(tmp_path):
+    import numpy as np
+
+    from drhard.retrieval import evaluate_offsets
+    qrels = write(tmp_path / "test-qrel.tsv", ["0\t0\t4\t0", "0\t0\t5\t2", "1\t0\t6\t1", "2\t0\t1\t0"])
+    poffsets = np.array([[4, 5, 1], [1, 6, -1], [-1, -1, -1]])
+    run = write(tmp_path / "test.rank.tsv", [f"{q}\t{p}\t{r}" for q, row in enumerate(poffsets)
+                                             for r, p in enumerate([p for p in row if p >= 0], 1)])
+    want, ranked = official_mrr(qrels, run)
+    assert evaluate_offsets(str(qrels), poffsets, 10) == {"MRR @10": want, "QueriesRanked": ranked}
+    assert want == (1 + 1 / 2) / 3 and ranked == 2
 
 
 def test_rank_value_not_position_and_big_ranks(tmp_path):
@@ -219,10 +291,14 @@ def test_ndcg_tiny_by_hand():
 def test_recall_tiny_by_hand():
     qrels = {"1": {"a": 1, "b": 1, "n": 0}, "2": {"x": 1}}
     run = {"1": ["a", "n"] + [f"z{i}" for i in range(98)] + ["b"]}
-    assert metrics.recall_at_k(qrels, run, 100) == pytest.approx((1 / 2 + 0) / 2)
-    assert metrics.recall_at_k(qrels, run, 1000) == pytest.approx((2 / 2 + 0) / 2)
+    assert metrics.recall_at_k(qrels, run, 100, min_rel=1) == pytest.approx((1 / 2 + 0) / 2)
+    assert metrics.recall_at_k(qrels, run, 1000, min_rel=1) == pytest.approx((2 / 2 + 0) / 2)
     # trec_eval sees the order only: a gap in the rank values does not push b out of the top 2
-    assert metrics.recall_at_k(qrels, {"1": {1: "a", 150: "b", 2: "n"}}, 2) == pytest.approx(1 / 4)
+    assert metrics.recall_at_k(qrels, {"1": {1: "a", 150: "b", 2: "n"}}, 2, min_rel=1) == pytest.approx(1 / 4)
+    # default: relevant as for the official MRR, every judged pair (n too): a, n of a, b, n in the top 100
+    assert metrics.recall_at_k(qrels, run, 100) == pytest.approx((2 / 3 + 0) / 2)
+    # NDCG uses the grades whatever the relevance rule: grade 0 gains nothing
+    assert metrics.ndcg_cut_10(qrels, {"1": ["n"]}) == 0
 
 
 def perturbed_run(qrels, seed):
@@ -261,6 +337,10 @@ def test_ndcg_and_recall_on_real_dl19_qrels():
     recall = metrics.recall_at_k(qrels, run, 100, min_rel=2)
     assert recall == pytest.approx(sum(v["recall_100"] for v in direct.values()) / 43, abs=1e-12)
     assert 0 < recall < 1 and 0 < ours < 1
+    # the default: every judged pair is relevant (as for the official MRR); slow reference
+    slow_recall = sum(len(set(run.get(q, [])[:100]) & set(qrels[q])) / len(qrels[q]) for q in qrels) / 43
+    assert metrics.recall_at_k(qrels, run, 100) == pytest.approx(slow_recall, abs=1e-12)
+    assert metrics.recall_at_k(qrels, run, 100) != pytest.approx(metrics.recall_at_k(qrels, run, 100, min_rel=1))
 
 
 def test_evaluate_run_gives_every_number(tmp_path):
@@ -282,3 +362,33 @@ def test_ids_are_canonical_and_d_ids_stay_apart(tmp_path):
     q, r = metrics.read_qrels(str(qrels)), metrics.read_run(str(run))
     assert list(r) == ["1", "2", "3"] and r["1"] == {1: "7"}
     assert metrics.mrr_at_k(q, r, 10) == 1 / 3          # only query 1 matches: D8 != 8, 9 != D9
+
+
+@pytest.mark.parametrize("args,what", [
+    (["--recall", "0"], "--recall: must be >= 1, got 0"),      # trec_eval aborted the process on recall.0
+    (["--recall", "100", "-5"], "--recall: must be >= 1, got -5"),
+    (["--recall", "x"], "invalid int value"),
+])
+def test_flags_are_checked_at_the_door(small, args, what):
+    qrels, run = small
+    res = run_eval(qrels, run, *args)
+    errors = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(errors) == 1 and what in errors[0] and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("which", ["reference", "candidate"])
+def test_a_directory_for_a_file_is_a_usage_error(small, tmp_path, which):
+    qrels, run = small
+    args = [tmp_path, run] if which == "reference" else [qrels, tmp_path]
+    res = run_eval(*args)
+    errors = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+    assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
+    assert len(errors) == 1 and f"{tmp_path} is a directory" in errors[0]
+
+
+def test_a_missing_file_is_one_error_line(small, tmp_path):
+    qrels, _ = small
+    res = run_eval(qrels, tmp_path / "nope.tsv")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.tsv'}: file not found"
