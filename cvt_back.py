@@ -16,7 +16,10 @@ carry no scores, so the score is the pseudo-score ``-rank`` (decreasing with the
 rank, never tied), which gives trec_eval the same order.
 
 An existing output file is never overwritten (as in the original); outputs are
-written atomically, so a killed run leaves nothing behind.
+written atomically, so a killed run leaves nothing behind.  A directory where a
+file is expected (the rank file, an id map) or a file where a folder is expected
+is a usage error (exit 2); a data error, a full disk or a read-only output folder
+is one ``error:`` line (exit 1), with no output file left.
 """
 import argparse
 import contextlib
@@ -24,8 +27,14 @@ import os
 import sys
 from typing import Dict, List
 
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without `pip install .`
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 from tqdm import tqdm
 
+from drhard.cli import dir_path, naming_output, run
 from drhard.io import MODES, DataError, atomic_write, data_error, iter_rank_lines, load_offset_map
 
 
@@ -45,11 +54,15 @@ def output_paths(output_dir: str, mode: str, output_format: str) -> List[str]:
     return [os.path.join(output_dir, mode + ext) for ext in names[output_format]]
 
 
+def map_paths(preprocess_dir: str, mode: str) -> List[str]:
+    """The id maps of ``mode``: ``<mode>-qid2offset.pickle`` and ``pid2offset.pickle``."""
+    return [os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle"), os.path.join(preprocess_dir, "pid2offset.pickle")]
+
+
 def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outputs: List[str],
             tag: str = "DRhard") -> int:
     """Write ``outputs`` (``.tsv`` and/or ``.trec``) from ``input_path``; return the line count."""
-    qmap_path = os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle")
-    pmap_path = os.path.join(preprocess_dir, "pid2offset.pickle")
+    qmap_path, pmap_path = map_paths(preprocess_dir, mode)
     offset2qid = inverse_map(qmap_path)
     offset2pid = inverse_map(pmap_path)
     prefix = "D" if dataset == "doc" else ""
@@ -77,10 +90,10 @@ def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outpu
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input_dir", type=str, required=True)
-    parser.add_argument("--preprocess_dir", type=str, required=True)
+    parser.add_argument("--input_dir", type=dir_path, required=True)
+    parser.add_argument("--preprocess_dir", type=dir_path, required=True)
     parser.add_argument("--mode", type=str, choices=list(MODES), required=True)
-    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--output_dir", type=dir_path, required=True)
     parser.add_argument("--dataset", type=str, choices=["passage", "doc"], required=True)
     parser.add_argument("--output_format", choices=["tsv", "trec", "both"], default="tsv",
                         help="tsv: <mode>.rank.tsv (default); trec: <mode>.rank.trec; both")
@@ -88,20 +101,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     input_path = os.path.join(args.input_dir, f"{args.mode}.rank.tsv")
+    for path in [input_path] + map_paths(args.preprocess_dir, args.mode):
+        if os.path.isdir(path):
+            parser.error(f"{path} is a directory, expected a file")
     outputs = output_paths(args.output_dir, args.mode, args.output_format)
-    existing = [p for p in outputs if os.path.exists(p)]
+    existing = [p for p in outputs if os.path.lexists(p)]
     if existing:
-        print(f"error: {existing[0]} already exists; cvt_back.py does not overwrite "
-              "(remove it or choose another --output_dir)", file=sys.stderr)
-        return 1
-    try:
+        raise DataError(f"{existing[0]} already exists; cvt_back.py does not overwrite "
+                        "(remove it or choose another --output_dir)")
+    with naming_output(outputs[0]):  # a full disk names the output
         n = convert(input_path, args.preprocess_dir, args.mode, args.dataset, outputs, args.run_tag)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     print(f"wrote {n} lines to {', '.join(outputs)}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

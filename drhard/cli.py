@@ -20,9 +20,10 @@ failures above.  Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .errors import DrhardError
 
@@ -60,6 +61,18 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
         print("interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     return EXIT_OK if rc is None else int(rc)
+
+
+@contextlib.contextmanager
+def naming_output(path: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` that carries no file name (ENOSPC at write or fsync) naming ``path``, so
+    the one ``error:`` line says which output the system refused."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        raise
 
 
 # --------------------------------------------------------------------------- argparse types (exit 2 at the door)

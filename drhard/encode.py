@@ -1,7 +1,7 @@
 """Model -> embedding memmaps.
 
 Rows of a preprocess token memmap (``passages``, ``<mode>-query``) are cut to
-``max_len`` by the rule of SPEC §4 (keep ``<s>`` and the final ``</s>``),
+``max_len`` by the original's rule (keep ``<s>`` and the final ``</s>``),
 padded with the model's pad id (attention 0) and embedded by
 ``RobertaDot.encode``.  The output is a float32 ``[N, dim]`` memmap in row
 order (row ``i`` = offset ``i``).
@@ -18,8 +18,19 @@ under a temporary name and renamed when complete, and a sidecar
 ``<file>.info.json`` (rows, dim, max_len, model fingerprint, token fingerprint) is
 written only after that.  A file is reused only when its size and its sidecar match,
 so embeddings of a preprocess folder that was rebuilt since (same row count, other
-tokens) are recomputed.  Free disk space for the whole file is checked before it is
-started.
+tokens) are recomputed.  The disk space of the whole file is reserved when it is
+created (``drhard.io.allocate_file``): a disk that is too full is a ``NoSpaceError``
+before any encoding, never a ``Bus error`` half-way through a sparse file.
+
+Every encoded batch is checked for NaN and infinity (``NonFiniteError`` naming the
+row): a non-finite embedding ranks nothing and would be trusted by every later
+step.  A reused file is checked too.
+
+The forward pass runs under ``EncodeForward``, which enters inference mode and
+autocast inside its own ``forward``: both are thread-local, and ``DataParallel``
+runs each replica in a thread of its own, carrying over grad mode but not
+inference mode, and re-entering autocast with its default dtype (fp16, whatever
+dtype was asked for).
 """
 from __future__ import annotations
 
@@ -35,7 +46,9 @@ import torch
 from tqdm import tqdm
 
 from .device import autocast
-from .io import DataError, atomic_path, atomic_write, check_free_space
+from .errors import NonFiniteError
+from .finite import first_nonfinite_row
+from .io import DataError, allocate_file, atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +57,7 @@ SIDECAR_SUFFIX = ".info.json"
 
 # --------------------------------------------------------------------------- batching
 def cut_lengths(lengths: np.ndarray, max_len: int) -> np.ndarray:
-    """Length of each row after the SPEC §4 cut: ``min(len, max_len)``."""
+    """Length of each row after the cut (``drhard.io.cut_ids``): ``min(len, max_len)``."""
     return np.minimum(np.asarray(lengths, dtype=np.int64), int(max_len))
 
 
@@ -103,16 +116,39 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-def forward_module(model: torch.nn.Module, device: torch.device, multi_gpu: bool = True) -> torch.nn.Module:
-    """Move ``model`` to ``device`` in eval mode; wrap it in DataParallel when several GPUs are visible.
+class EncodeForward(torch.nn.Module):
+    """``model.encode`` under inference mode and autocast, both entered in ``forward`` itself.
+
+    Inference mode and autocast are thread-local.  ``DataParallel`` calls each
+    replica's ``forward`` in a thread of its own, where the caller's
+    ``torch.inference_mode()`` does not hold and autocast is re-entered with its
+    default dtype (fp16, so bf16 silently became fp16).  Entering both here makes
+    them hold in every replica.
+    """
+
+    def __init__(self, model: torch.nn.Module, fp16: bool = False, bf16: bool = False):
+        super().__init__()
+        self.model = model
+        self.fp16, self.bf16 = bool(fp16), bool(bf16)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(input_ids.device, self.fp16, self.bf16):
+            return self.model.encode(input_ids, attention_mask)  # (B, dim)
+
+
+def forward_module(model: torch.nn.Module, device: torch.device, multi_gpu: bool = True, fp16: bool = False,
+                   bf16: bool = False) -> torch.nn.Module:
+    """Move ``model`` to ``device`` in eval mode and wrap it in ``EncodeForward`` (fp16/bf16 autocast);
+    in DataParallel too when several GPUs are visible.
 
     The returned module maps ``(input_ids, attention_mask)`` to embeddings.
     """
     model.to(device).eval()
+    module = EncodeForward(model, fp16=fp16, bf16=bf16)
     if multi_gpu and device.type == "cuda" and torch.cuda.device_count() > 1:
         logger.info("encoding on %d GPUs (DataParallel)", torch.cuda.device_count())
-        return torch.nn.DataParallel(model)
-    return model
+        return torch.nn.DataParallel(module)
+    return module
 
 
 def embedding_size(model: torch.nn.Module) -> int:
@@ -142,7 +178,8 @@ def encode_cache(model: torch.nn.Module, cache, max_len: int, batch_size: int, d
         batches = length_sorted_batches(cache.lengths, max_len, batch_size)
     else:
         batches = file_order_batches(n, batch_size)
-    module = forward_module(model, device, multi_gpu)
+    module = forward_module(model, device, multi_gpu, fp16=fp16, bf16=bf16)
+    where = getattr(cache, "prefix", "token cache")
     pad_id = model.pad_token_id
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="row", disable=not progress) as bar:
@@ -150,14 +187,18 @@ def encode_cache(model: torch.nn.Module, cache, max_len: int, batch_size: int, d
             ids, mask = batch_rows(cache, rows, max_len, pad_id, pad_to=max_len if b < pad_first else None)
             if vocab is not None and ids.size and int(ids.max()) >= vocab:
                 bad = int(rows[int(np.argmax(ids.max(axis=1)))])
-                raise DataError(f"{getattr(cache, 'prefix', 'token cache')}: row {bad} holds token id "
+                raise DataError(f"{where}: row {bad} holds token id "
                                 f"{int(ids.max())}, beyond the model's vocabulary of {vocab}: the folder was "
                                 "tokenized with another tokenizer than the model's")
             ids_t = torch.from_numpy(ids).to(device, non_blocking=True)  # (B, T)
             mask_t = torch.from_numpy(mask).to(device, non_blocking=True)  # (B, T)
-            with autocast(device, fp16, bf16):
-                emb = module(ids_t, mask_t)  # (B, dim)
-            out[rows] = emb.float().cpu().numpy()
+            emb = module(ids_t, mask_t).float().cpu().numpy()  # (B, dim)
+            bad = first_nonfinite_row(emb)
+            if bad is not None:
+                precision = " (under fp16/bf16 autocast: an overflow? try without --fp16)" if fp16 or bf16 else ""
+                raise NonFiniteError(f"{where}: row {int(rows[bad])} encodes to NaN or infinite values{precision}; "
+                                     "the model is not usable as it is, nothing is written")
+            out[rows] = emb
             bar.update(len(rows))
     return out
 
@@ -211,23 +252,32 @@ def encode_to_memmap(model: torch.nn.Module, cache, max_len: int, path: str, bat
     (see ``embeddings_complete``) is returned without recomputing.
     """
     n, dim = len(cache), embedding_size(model)
+    if n == 0:
+        raise DataError(f"{getattr(cache, 'prefix', 'token cache')}: holds no rows, nothing to encode")
     fingerprint = model_fingerprint(model)
     tokens = tokens_fingerprint(cache)
     if reuse and embeddings_complete(path, n, dim, max_len, fingerprint, tokens):
-        logger.info("%s is complete (%d x %d, same model and max_len %d): reusing it", path, n, dim, max_len)
-        return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
-    if os.path.exists(path):
+        emb = np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
+        bad = first_nonfinite_row(emb)
+        if bad is None:
+            logger.info("%s is complete (%d x %d, same model and max_len %d): reusing it", path, n, dim, max_len)
+            return emb
+        del emb
+        logger.warning("%s: row %d holds NaN or infinite values: not reusing it, recomputing", path, bad)
+    elif os.path.exists(path):
         logger.info("%s exists but is not a complete embedding file of this model: recomputing", path)
-    check_free_space(path, n * dim * 4, f"{n} x {dim} float32 embeddings")
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(sidecar_path(path))
     with atomic_path(path) as tmp:
-        out = np.memmap(tmp, dtype=np.float32, mode="w+", shape=(n, dim))
-        encode_cache(model, cache, max_len, batch_size, device, fp16=fp16, bf16=bf16, out=out,
-                     progress=progress, desc=desc or os.path.basename(path), multi_gpu=multi_gpu)
-        out.flush()
-        del out
+        # the whole file's blocks are reserved now: a full disk is a NoSpaceError here, not a Bus error later
+        allocate_file(tmp, n * dim * 4, f"{n} x {dim} float32 embeddings")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(sidecar_path(path))
+        out = np.memmap(tmp, dtype=np.float32, mode="r+", shape=(n, dim))
+        try:
+            encode_cache(model, cache, max_len, batch_size, device, fp16=fp16, bf16=bf16, out=out,
+                         progress=progress, desc=desc or os.path.basename(path), multi_gpu=multi_gpu)
+            out.flush()
+        finally:
+            del out
     with atomic_write(sidecar_path(path)) as f:
         json.dump(_expected_info(n, dim, max_len, fingerprint, tokens), f)
     return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
-

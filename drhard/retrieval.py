@@ -9,12 +9,18 @@ Output names (in the output directory, as the original writes them):
 ``passages.memmap`` / ``passages-id.memmap``, ``<mode>-query.memmap`` /
 ``<mode>-query-id.memmap`` (float32 embeddings, int32 offsets) and
 ``<mode>.rank.tsv``.
+
+The scripts check every input they will read (``open_token_cache``,
+``check_qrels_offsets``, ``open_passage_embeddings``) and that the output folder
+takes files (``prepare_output_dir``) before the first long step, so a bad file
+fails in seconds, not after hours of encoding.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -22,9 +28,12 @@ import numpy as np
 import torch
 
 from . import index as dindex
-from .encode import encode_to_memmap
-from .io import (TokenCache, atomic_write, read_offset_qrels, remove_stale_tmp, save_array_memmap, token_prefix,
-                 write_rank)
+from .cli import naming_output
+from .encode import embeddings_complete, embedding_size, encode_to_memmap, model_fingerprint, tokens_fingerprint
+from .errors import DataError, data_error
+from .finite import check_finite_rows
+from .io import (TokenCache, atomic_write, check_free_space, read_meta, remove_stale_tmp, save_array_memmap,
+                 token_memmap_path, token_prefix, write_rank)
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +90,81 @@ def total_batch_size(per_device: int, device: torch.device) -> int:
 
 def passage_count(preprocess_dir: str) -> Optional[int]:
     """Rows of the preprocess ``passages`` memmap, from its meta; None when there is none."""
-    from .io import DataError, read_meta
     try:
         return read_meta(token_prefix(preprocess_dir, PASSAGES))["total_number"]
     except DataError:
         return None
 
 
+# --------------------------------------------------------------------------- checks before the long work
+def open_token_cache(preprocess_dir: str, name: str) -> TokenCache:
+    """The preprocess token cache ``name``, fully checked (meta, memmap size, lengths); an empty one is an error.
+
+    A query set with no rows passes preprocess with a warning; encoding it would come
+    only after the whole corpus, so it is refused here, naming the file.
+    """
+    prefix = token_prefix(preprocess_dir, name)
+    meta = read_meta(prefix)
+    if meta["total_number"] < 1:
+        raise data_error(token_memmap_path(prefix), None,
+                         f"holds no rows (the {name} set is empty: its input file had no lines): nothing to encode")
+    if meta["embedding_size"] < 1:
+        raise data_error(prefix + "_meta", None, f"row width {meta['embedding_size']} is not positive")
+    return TokenCache(prefix)
+
+
+def check_qrels_offsets(path: str, qrels: Mapping[int, Sequence[int]], n_queries: int, n_passages: int) -> None:
+    """Every query offset of ``qrels`` is a row of the query cache and every passage offset a passage row."""
+    bad_q = [q for q in qrels if not 0 <= q < n_queries]
+    if bad_q:
+        raise DataError(f"{path}: query offsets {bad_q[:5]} are not rows of the query cache ({n_queries} rows): "
+                        "preprocess outputs do not match")
+    bad_p = sorted({p for ps in qrels.values() for p in ps if not 0 <= p < n_passages})
+    if bad_p:
+        raise DataError(f"{path}: passage offsets {bad_p[:5]} are not rows of passages ({n_passages} rows): "
+                        "preprocess outputs do not match")
+
+
+def read_eval_qrels(path: str):
+    """The judgments of ``path`` for printing an MRR (``drhard.metrics.read_qrels``), read before any work;
+    None when the file is absent or has no judgment line (a mode without qrels: nothing to evaluate)."""
+    from .metrics import read_qrels
+    if not os.path.exists(path):
+        return None
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a qrels file")
+    with open(path, "rb") as f:
+        if not any(line.strip() for line in f):
+            logger.warning("%s has no judgments: the retrieval is not evaluated", path)
+            return None
+    return read_qrels(path)
+
+
+def prepare_output_dir(path: str) -> None:
+    """Create ``path`` and prove that it takes files (one is created and removed), so that a read-only
+    or impossible output folder is an ``OSError`` before the long work, not after it."""
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".write-test.tmp-{os.getpid()}-", dir=path)
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_embedding_space(model, output_dir: str, files: Sequence[Tuple[str, TokenCache, int]]) -> None:
+    """Free space for every embedding file of ``files`` (``(path, cache, max_len)``) that is not reusable,
+    checked together before the first is written (each file's own blocks are reserved when it is created)."""
+    fingerprint, dim, need = model_fingerprint(model), embedding_size(model), 0
+    for path, cache, max_len in files:
+        if not embeddings_complete(path, len(cache), dim, max_len, fingerprint, tokens_fingerprint(cache)):
+            need += len(cache) * dim * 4
+    if need:
+        check_free_space(output_dir, need, f"{len(files)} embedding files ({dim}-dim float32)")
+
+
 # --------------------------------------------------------------------------- embedding
 def write_offset_ids(path: str, n: int) -> None:
     """``<name>-id.memmap``: int32 offsets 0..n-1 (row i of the embeddings is offset i)."""
-    save_array_memmap(path, np.arange(n, dtype=np.int32), np.int32)
+    with naming_output(path):
+        save_array_memmap(path, np.arange(n, dtype=np.int32), np.int32)
 
 
 def embed_passages(model, preprocess_dir: str, output_dir: str, max_len: int, batch_size: int,
@@ -99,7 +172,7 @@ def embed_passages(model, preprocess_dir: str, output_dir: str, max_len: int, ba
     """``passages.memmap`` (+ ``passages-id.memmap``) in ``output_dir``; a complete file of the same model is reused."""
     os.makedirs(output_dir, exist_ok=True)
     remove_stale_tmp(output_dir)  # temp files of killed runs (live writers' files are kept)
-    cache = TokenCache(token_prefix(preprocess_dir, PASSAGES))
+    cache = open_token_cache(preprocess_dir, PASSAGES)
     emb = encode_to_memmap(model, cache, max_len, passage_embedding_path(output_dir), batch_size, device,
                            fp16=fp16, bf16=bf16, reuse=reuse, desc="passages")
     write_offset_ids(passage_id_path(output_dir), len(cache))
@@ -111,7 +184,7 @@ def embed_queries(model, preprocess_dir: str, mode: str, max_len: int, batch_siz
                   reuse: bool = True) -> np.memmap:
     """Embed ``<mode>-query`` of the preprocess dir into ``output_path`` (+ offsets into ``id_path``)."""
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    cache = TokenCache(token_prefix(preprocess_dir, query_name(mode)))
+    cache = open_token_cache(preprocess_dir, query_name(mode))
     emb = encode_to_memmap(model, cache, max_len, output_path, batch_size, device, fp16=fp16, bf16=bf16,
                            reuse=reuse, desc=f"{mode} queries")
     if id_path:
@@ -119,14 +192,16 @@ def embed_queries(model, preprocess_dir: str, mode: str, max_len: int, batch_siz
     return emb
 
 
-def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None) -> np.memmap:
+def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None, check_finite: bool = False) -> np.memmap:
     """Open precomputed passage embeddings (float32 [n, dim]) for a model of embedding size ``dim``.
 
     A file of another model's width is refused with a message that says so
-    (the original reshaped to a hard-coded 768 and searched garbage).
+    (the original reshaped to a hard-coded 768 and searched garbage).  With
+    ``check_finite`` every row is read (in chunks) and a NaN or infinity is a
+    ``NonFiniteError`` naming the file and the row.
     """
     from .encode import read_sidecar
-    from .io import DataError, open_embeddings
+    from .io import open_embeddings
     if not os.path.exists(path):
         raise DataError(f"{path}: passage embedding memmap not found (run star/inference.py first)")
     size = os.path.getsize(path)
@@ -140,10 +215,15 @@ def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None) -> np.
         raise DataError(f"{path}: wrong embedding dimension or passage count: {size} bytes are not {n} passages x dim {dim} (the model's "
                         f"embedding size); they are {n} passages of dim {size // (4 * n)} (another model)" + other)
     try:
-        return open_embeddings(path, dim=dim, n=n)
+        emb = open_embeddings(path, dim=dim, n=n)
     except DataError as e:
         raise DataError(f"{e} [model embedding size {dim}"
                         + (f", {n} passages in the preprocess dir]" if n is not None else "]")) from None
+    if len(emb) == 0:
+        raise DataError(f"{path}: holds no passage embeddings (empty file)")
+    if check_finite:
+        check_finite_rows(emb, f"{path} (passage embeddings)")
+    return emb
 
 
 # --------------------------------------------------------------------------- search and runs
@@ -162,19 +242,26 @@ def retrieve(passage_emb: np.ndarray, query_emb: np.ndarray, topk: int, gpus: Op
 
 def write_offset_rank(path: str, poffsets: np.ndarray) -> None:
     """``qoffset\\tpoffset\\trank`` for query rows 0..Q-1 (faiss's -1 fillers skipped); atomic."""
-    write_rank(path, range(poffsets.shape[0]), poffsets)
+    with naming_output(path):
+        write_rank(path, range(poffsets.shape[0]), poffsets)
 
 
 def offset_run(poffsets: np.ndarray) -> "OrderedDict[int, List[int]]":
     return OrderedDict((q, [int(p) for p in row if p >= 0]) for q, row in enumerate(poffsets))
 
 
-def evaluate_offsets(qrels_file: str, poffsets: np.ndarray, k: int = 10) -> Dict[str, float]:
-    """MRR@k (MS MARCO: every qrels query in the denominator) and QueriesRanked of a retrieval."""
-    from .metrics import mrr_at_k
-    qrels = read_offset_qrels(qrels_file)
-    run = offset_run(poffsets)
-    return {f"MRR @{k}": mrr_at_k(qrels, run, k), "QueriesRanked": len(run)}
+def evaluate_offsets(qrels, poffsets: np.ndarray, k: int = 10, min_rel: Optional[int] = None) -> Dict[str, float]:
+    """MRR@k and QueriesRanked of a retrieval, as ``msmarco_eval.py`` prints them for its rank file.
+
+    ``qrels``: a qrels file or what ``read_eval_qrels`` returned.  Official semantics
+    (``drhard.metrics``): every qrels line is relevant (``min_rel`` None), every qrels
+    query is in the denominator; QueriesRanked counts the queries with a ranked passage.
+    """
+    from .metrics import mrr_at_k, read_qrels
+    if isinstance(qrels, (str, os.PathLike)):
+        qrels = read_qrels(str(qrels))
+    run = OrderedDict((str(q), [str(p) for p in ps]) for q, ps in offset_run(poffsets).items() if ps)
+    return {f"MRR @{k}": mrr_at_k(qrels, run, k, min_rel), "QueriesRanked": len(run)}
 
 
 def hard_negatives(poffsets: np.ndarray, qrels: Mapping[int, Sequence[int]], topk: int) -> List[np.ndarray]:
@@ -201,11 +288,18 @@ def hard_negatives(poffsets: np.ndarray, qrels: Mapping[int, Sequence[int]], top
 def write_hard_json(path: str, negatives: Sequence[np.ndarray], qoffsets: Optional[Sequence[int]] = None) -> None:
     """``hard.json``: ``{"<qoffset>": [poffset, ...]}`` streamed (it is large for MS MARCO), atomic."""
     qoffsets = range(len(negatives)) if qoffsets is None else qoffsets
-    with atomic_write(path) as f:
+    with naming_output(path), atomic_write(path) as f:
         f.write("{")
         for i, (q, negs) in enumerate(zip(qoffsets, negatives)):
             f.write(("" if i == 0 else ", ") + json.dumps(str(int(q))) + ": " + json.dumps([int(p) for p in negs]))
         f.write("}")
+
+
+def check_not_preprocess_dir(output_dir: str, preprocess_dir: str) -> None:
+    """The embeddings' names (``passages.memmap``, ``<mode>-query.memmap``) are the token memmaps' names."""
+    if os.path.realpath(output_dir) == os.path.realpath(preprocess_dir):
+        raise DataError(f"{output_dir}: the output dir is the preprocess dir; embeddings named "
+                        "passages.memmap / <mode>-query.memmap would overwrite its token memmaps")
 
 
 def dense_retrieval(model, preprocess_dir: str, output_dir: str, mode: str, max_query_length: int,
@@ -214,12 +308,15 @@ def dense_retrieval(model, preprocess_dir: str, output_dir: str, mode: str, max_
                     bf16: bool = False) -> np.ndarray:
     """The star/inference pipeline: passage and ``mode`` query embeddings, exact search, ``<mode>.rank.tsv``.
 
-    Returns the (Q, topk) poffsets.
+    Every input and the output folder are checked first, and the free space for
+    both embedding files.  Returns the (Q, topk) poffsets.
     """
-    if os.path.realpath(output_dir) == os.path.realpath(preprocess_dir):
-        from .io import DataError
-        raise DataError(f"{output_dir}: the output dir is the preprocess dir; embeddings named "
-                        "passages.memmap / <mode>-query.memmap would overwrite its token memmaps")
+    check_not_preprocess_dir(output_dir, preprocess_dir)
+    passages = open_token_cache(preprocess_dir, PASSAGES)
+    queries = open_token_cache(preprocess_dir, query_name(mode))
+    prepare_output_dir(output_dir)
+    check_embedding_space(model, output_dir, [(passage_embedding_path(output_dir), passages, max_doc_length),
+                                              (query_embedding_path(output_dir, mode), queries, max_query_length)])
     p_emb = embed_passages(model, preprocess_dir, output_dir, max_doc_length, batch_size, device, fp16, bf16)
     q_emb = embed_queries(model, preprocess_dir, mode, max_query_length, batch_size, device,
                           query_embedding_path(output_dir, mode), query_id_path(output_dir, mode), fp16, bf16)

@@ -1,4 +1,5 @@
 """cvt_back.py: offsets -> official ids, end to end through the CLI."""
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,79 @@ def test_wrong_mode_map_is_reported(setup, tmp_path):
     (inp / "test.rank.tsv").write_text("0\t1\t1\n1\t1\t1\n")
     res = cvt(*args(pre, inp, tmp_path / "o", mode="test"))
     assert res.returncode == 1 and "test.rank.tsv:2: query offset 1" in res.stderr
+
+
+def _errors(res):
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr, res.stderr
+    return [ln for ln in lines if "error:" in ln]
+
+
+@pytest.mark.parametrize("where", ["rank file", "query map", "passage map"])
+def test_a_directory_where_a_file_is_expected_exits_2(setup, tmp_path, where):
+    pre, inp, _ = setup
+    target = {"rank file": inp / "dev.rank.tsv", "query map": pre / "dev-qid2offset.pickle",
+              "passage map": pre / "pid2offset.pickle"}[where]
+    target.unlink()
+    target.mkdir()
+    res = cvt(*args(pre, inp, tmp_path / "official"))
+    errors = _errors(res)
+    assert res.returncode == 2 and len(errors) == 1 and f"{target} is a directory" in errors[0]
+    assert not (tmp_path / "official").exists()
+
+
+def test_a_file_where_a_folder_is_expected_exits_2(setup, tmp_path):
+    pre, inp, _ = setup
+    out = tmp_path / "official"
+    out.write_text("")
+    res = cvt(*args(pre, inp, out))
+    errors = _errors(res)
+    assert res.returncode == 2 and len(errors) == 1 and "--output_dir" in errors[0] and "not a directory" in errors[0]
+
+
+def test_an_output_folder_that_takes_no_files_is_one_error_line(setup, tmp_path):
+    """Read-only folder: as root chmod does not stop writes, so a folder under a regular file stands in
+    for it (NotADirectoryError, an OSError, as PermissionError is); it was a traceback."""
+    pre, inp, _ = setup
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "official"
+    res = cvt(*args(pre, inp, out))
+    errors = _errors(res)
+    assert res.returncode == 1 and errors == [f"error: {out}: Not a directory"]
+
+
+def test_a_read_only_output_folder_is_one_error_line(setup, tmp_path):
+    pre, inp, _ = setup
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop writes")
+        res = cvt(*args(pre, inp, out))
+        errors = _errors(res)
+        assert res.returncode == 1 and len(errors) == 1 and "Permission denied" in errors[0]
+        assert os.listdir(out) == []
+    finally:
+        out.chmod(0o755)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_file(setup, tmp_path, monkeypatch, capsys):
+    import errno
+    import importlib.util
+
+    from drhard.cli import run
+    pre, inp, _ = setup
+    spec = importlib.util.spec_from_file_location("cvt_back_full_disk", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # the data reaches the disk at fsync, before the rename
+    out = tmp_path / "official"
+    rc = run(mod.main, [str(a) for a in args(pre, inp, out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1] == f"error: {out / 'dev.rank.tsv'}: No space left on device"
+    assert os.listdir(out) == []  # the temp file is removed
