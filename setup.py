@@ -19,9 +19,12 @@ setup(
         "pytrec_eval-terrier",
         "bm25s",
     ],
+    # Exactly one faiss per install: faiss-cpu and faiss-gpu ship the same `faiss` package, so an
+    # install that pulled both would leave whichever unpacked last.  `test` pulls none; pick
+    # `[cpu,test]` (CPU machines, CI) or `[gpu,test]` (NVIDIA GPUs, CUDA 12, Python >= 3.10).
     extras_require={
         "cpu": ["faiss-cpu>=1.7.4"],
-        "gpu": ["faiss-gpu-cu12"],
-        "test": ["faiss-cpu>=1.7.4", "pytest", "hypothesis"],
+        "gpu": ["faiss-gpu>=1.14.3"],
+        "test": ["pytest", "hypothesis"],
     },
 )
