@@ -205,6 +205,8 @@ def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None, check_
     if not os.path.exists(path):
         raise DataError(f"{path}: passage embedding memmap not found (run star/inference.py first)")
     size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"{path}: holds no passage embeddings (empty file)")
     info = read_sidecar(path)
     if info is not None and info.get("dim") not in (None, dim):
         raise DataError(f"{path}: wrong embedding dimension: it holds {info['dim']}-dim embeddings, but the "
@@ -219,8 +221,6 @@ def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None, check_
     except DataError as e:
         raise DataError(f"{e} [model embedding size {dim}"
                         + (f", {n} passages in the preprocess dir]" if n is not None else "]")) from None
-    if len(emb) == 0:
-        raise DataError(f"{path}: holds no passage embeddings (empty file)")
     if check_finite:
         check_finite_rows(emb, f"{path} (passage embeddings)")
     return emb

@@ -395,3 +395,13 @@ def test_a_successful_run_leaves_no_probe_file(tiny, capsys):
     names = os.listdir(tiny["root"] / "inf")
     assert not [n for n in names if n.startswith(".")]
     assert json.load(open(sidecar_path(str(tiny["root"] / "inf" / "passages.memmap"))))["rows"] == 200
+
+
+def test_an_empty_dmemmap_is_a_clear_error_even_without_passages_meta(tiny, capsys, encodes):
+    dmem = tiny["root"] / "empty.memmap"
+    dmem.write_bytes(b"")
+    for name in ("passages_meta",):  # no passage count to compare with
+        os.remove(tiny["pre"] / name)
+    rc, err = call("adore/inference.py", adore_inference(tiny, dmem), capsys)
+    assert rc == 1 and one_error(err) == f"error: {dmem}: holds no passage embeddings (empty file)"
+    assert encodes == []
