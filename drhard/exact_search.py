@@ -1,0 +1,501 @@
+"""Exact inner-product top-k without faiss: streamed from disk, or from a flat index held in a torch tensor.
+
+``search_memmap`` reads an embedding file (raw float32 or float16 rows, no
+header, as ``io.open_embeddings`` reads) in chunks of rows into one reused
+buffer with ``pread`` and keeps a running top-k per query, so memory stays
+bounded by the chunk and the results whatever the file size: the 27 GB MS MARCO
+passage matrix can be searched on a machine with less RAM than that.  The file
+is read once, whatever the number of queries.  The chunks are read with
+``pread`` rather than by slicing a ``np.memmap``, because mapped file pages
+count in the process's resident memory (and can push it towards the OOM
+killer) while pages read into a buffer stay in the kernel's page cache.
+
+``TorchFlatIndex`` holds the rows as one torch tensor (fp32 or fp16 storage) on
+any device and answers ``search(q, k)`` on that device, chunked over rows to
+bound the temporary score matrix: when the index shares a GPU with the query
+encoder (ADORE), queries never leave the device.
+
+Both compute the scores in float32 (fp16 rows are widened chunk by chunk, which
+is exact) and return what ``faiss.IndexFlatIP`` returns on the same rows:
+scores ``(Q, k)`` float32 sorted descending and row ids ``(Q, k)`` int64, with
+id -1 and score ``-3.4028235e38`` (faiss' filler) after the last row when the
+index holds fewer than ``k`` rows.  Scores agree with faiss to float32
+rounding; ids agree except among (near-)tied scores, whose order faiss leaves
+to its heap.
+
+Tie order here is fixed and documented: among equal scores the lower row id
+ranks first, both in the order of the list and in which rows make the cut at
+rank ``k``.  The result therefore does not depend on the chunk size, the query
+batch or the device.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import NonFiniteError, data_error
+
+logger = logging.getLogger(__name__)
+
+FILLER_ID = -1
+FILLER_SCORE = float(np.finfo(np.float32).min)  # what faiss IndexFlatIP reports beside id -1
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+DEFAULT_QUERY_BATCH = 1024
+# Chunk budget: this fraction of MemAvailable, at most MAX_CHUNK_BYTES (a bigger chunk buys nothing once the
+# matrix product dominates), at least MIN_CHUNK_ROWS rows.
+CHUNK_MEMORY_FRACTION = 0.25
+MAX_CHUNK_BYTES = 256 << 20
+FALLBACK_CHUNK_BYTES = 256 << 20  # when MemAvailable cannot be read (not Linux)
+CUDA_MAX_CHUNK_BYTES = 2 << 30  # a GPU scores more rows per kernel; fewer chunks, fewer launches and syncs
+MIN_CHUNK_ROWS = 256
+TIE_FIX_ROWS = 64  # query rows whose tie at the cut is redone at once (bounds those temporaries)
+
+ArrayOrPath = Union[str, os.PathLike, np.ndarray]
+
+
+# --------------------------------------------------------------------------- memory budget
+def mem_available_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or None where there is no such file (not Linux)."""
+    try:
+        with open(meminfo, "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB (KiB)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def chunk_row_bytes(dim: int, file_dtype, query_batch: int) -> int:
+    """Memory one chunk row costs a streamed search: two fp32 row buffers (one is read while the other is
+    scored), an fp16 staging row for fp16 files, and the row's column of the (query_batch, chunk) score matrix
+    with its comparison mask."""
+    file_dtype = np.dtype(file_dtype)
+    staging = dim * file_dtype.itemsize if file_dtype != np.float32 else 0
+    return 2 * dim * 4 + staging + int(query_batch) * (4 + 1)
+
+
+def default_chunk_rows(dim: int, file_dtype, query_batch: int, available: Optional[int] = None) -> int:
+    """Rows per chunk: ``CHUNK_MEMORY_FRACTION`` of ``available`` (default MemAvailable), capped at
+    ``MAX_CHUNK_BYTES``, divided by ``chunk_row_bytes`` (which grows with the query batch)."""
+    if available is None:
+        available = mem_available_bytes()
+    budget = FALLBACK_CHUNK_BYTES if available is None else int(available * CHUNK_MEMORY_FRACTION)
+    budget = min(budget, MAX_CHUNK_BYTES)
+    return max(MIN_CHUNK_ROWS, budget // chunk_row_bytes(dim, file_dtype, query_batch))
+
+
+# --------------------------------------------------------------------------- top-k primitives
+def sort_pairs(scores: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Order each row by score descending, then id ascending (two stable sorts)."""
+    o = torch.argsort(ids, dim=1, stable=True)  # (B, m)
+    scores, ids = scores.gather(1, o), ids.gather(1, o)
+    o = torch.argsort(scores, dim=1, descending=True, stable=True)  # (B, m)
+    return scores.gather(1, o), ids.gather(1, o)
+
+
+def chunk_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-``min(k, C)`` of each row of ``scores`` (B, C): ``(values, columns)`` ordered by value descending,
+    column ascending; among values tied at the cut the lowest columns are kept.
+
+    ``torch.topk`` keeps an arbitrary subset of a tie that straddles the cut.  Asking it for one value more
+    shows where that can have happened (the ``kc``-th and ``kc+1``-th values are equal) at no extra pass over
+    the scores; only those rows are redone deterministically.
+    """
+    b, c = scores.shape
+    kc = min(int(k), c)
+    vals, cols = torch.topk(scores, min(kc + 1, c), dim=1, largest=True, sorted=True)  # (B, kc [+1])
+    if vals.shape[1] > kc:
+        straddle = vals[:, kc - 1] == vals[:, kc]  # (B,)
+        vals, cols = vals[:, :kc], cols[:, :kc]  # (B, kc)
+        if bool(straddle.any()):
+            straddling = straddle.nonzero().squeeze(1)  # (R,)
+            for g in range(0, len(straddling), TIE_FIX_ROWS):  # a few rows at a time: (R, C) temporaries
+                rows = straddling[g:g + TIE_FIX_ROWS]  # (r,)
+                sub, t = scores[rows], vals[rows, kc - 1:]  # (r, C), (r, 1) the kc-th largest value
+                above = sub > t  # (r, C)
+                tied = sub == t  # (r, C)
+                need = kc - above.sum(dim=1, keepdim=True)  # (r, 1) how many tied values make the cut
+                keep = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))  # (r, C) kc per row
+                fixed = keep.nonzero()[:, 1].view(len(rows), kc)  # (r, kc) columns ascending
+                cols[rows] = fixed
+                vals[rows] = sub.gather(1, fixed)
+    return sort_pairs(vals, cols)
+
+
+def merge_topk(scores_a: torch.Tensor, ids_a: torch.Tensor, scores_b: torch.Tensor, ids_b: torch.Tensor,
+               k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` of two candidate lists per row (B, ka) and (B, kb), by score descending then id ascending."""
+    s, i = sort_pairs(torch.cat([scores_a, scores_b], dim=1), torch.cat([ids_a, ids_b], dim=1))  # (B, ka + kb)
+    return s[:, :k], i[:, :k]
+
+
+def pad_results(scores: torch.Tensor, ids: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Widen (B, m <= k) results to k columns with faiss' fillers (score -FLT_MAX, id -1)."""
+    b, m = scores.shape
+    if m == k:
+        return scores, ids
+    fill_s = torch.full((b, k - m), FILLER_SCORE, dtype=scores.dtype, device=scores.device)  # (B, k - m)
+    fill_i = torch.full((b, k - m), FILLER_ID, dtype=ids.dtype, device=ids.device)  # (B, k - m)
+    return torch.cat([scores, fill_s], dim=1), torch.cat([ids, fill_i], dim=1)
+
+
+class RunningTopK:
+    """Top-``k`` rows of one block of queries over chunks of scores that arrive one by one (any order, any sizes).
+
+    ``add(scores, first_row)`` folds in the scores (B, C) of rows ``first_row .. first_row + C - 1``;
+    ``result()`` returns ``(scores (B, k), ids (B, k))`` with fillers where fewer than ``k`` rows were seen.
+    Memory: the (B, k) lists, plus what ``chunk_topk`` needs for one chunk.
+    """
+
+    def __init__(self, num_queries: int, k: int, device: Union[str, torch.device] = "cpu"):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+        self.scores = torch.empty((num_queries, 0), dtype=torch.float32, device=device)  # (B, m), m grows to k
+        self.ids = torch.empty((num_queries, 0), dtype=torch.int64, device=device)  # (B, m)
+
+    def add(self, scores: torch.Tensor, first_row: int) -> None:
+        if scores.shape[0] != self.scores.shape[0]:
+            raise ValueError(f"scores for {scores.shape[0]} queries, this block has {self.scores.shape[0]}")
+        if scores.shape[1] == 0:
+            return
+        vals, cols = chunk_topk(scores, self.k)  # (B, kc)
+        self.scores, self.ids = merge_topk(self.scores, self.ids, vals, cols + int(first_row), self.k)  # (B, <=k)
+
+    def result(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return pad_results(self.scores, self.ids, self.k)
+
+
+# --------------------------------------------------------------------------- reading rows in chunks
+def _check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in SUPPORTED_DTYPES:
+        raise ValueError(f"embedding dtype must be float32 or float16, got {dt}")
+    return dt
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill ``buf`` from byte ``offset`` of the open file (short reads are continued)."""
+    pos, want = 0, len(buf)
+    while pos < want:
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [buf[pos:]], offset + pos)
+        else:  # pragma: no cover - platforms without preadv
+            data = os.pread(fd, want - pos, offset + pos)
+            got = len(data)
+            buf[pos:pos + got] = data
+        if got == 0:
+            raise data_error(path, None, f"ended at byte {offset + pos} while {offset + want} bytes were expected "
+                             "(truncated while it was being read?)")
+        pos += got
+
+
+class RowSource:
+    """Rows of an embedding matrix, yielded as float32 chunks (C, D) that reuse a fixed set of buffers.
+
+    A file (a path, or a ``np.memmap`` opened on a whole file region) is read with ``pread`` by a background
+    thread one chunk ahead, into two alternating float32 buffers (fp16 rows go through one staging buffer and
+    are widened there), so resident memory is about ``2 x chunk`` whatever the file size.  An in-memory array
+    is sliced (float32 rows are yielded without a copy).  Each chunk is checked for NaN/inf when ``check_finite``.
+    """
+
+    def __init__(self, path_or_array: ArrayOrPath, dim: Optional[int] = None, dtype=np.float32,
+                 n: Optional[int] = None, check_finite: bool = True):
+        self.check_finite = bool(check_finite)
+        self.array: Optional[np.ndarray] = None
+        self.path: Optional[str] = None
+        self.offset = 0
+        if isinstance(path_or_array, np.memmap) and _whole_mapping(path_or_array):
+            a = path_or_array
+            self.path, self.offset, self.dtype = str(a.filename), int(a.offset), _check_dtype(a.dtype)
+            self.rows, self.dim = int(a.shape[0]), int(a.shape[1])
+        elif isinstance(path_or_array, np.ndarray):
+            a = path_or_array
+            if a.ndim != 2:
+                raise ValueError(f"embeddings must be (N, D), got shape {a.shape}")
+            self.array, self.dtype = a, _check_dtype(a.dtype)
+            self.rows, self.dim = int(a.shape[0]), int(a.shape[1])
+        else:
+            self.path, self.dtype = os.fspath(path_or_array), _check_dtype(dtype)
+            if dim is None:
+                raise ValueError("the row width (dim) of an embedding file must be given")
+            self.dim = int(dim)
+            self.rows = self._file_rows(n)
+        if dim is not None and int(dim) != self.dim:
+            raise ValueError(f"embeddings have {self.dim} columns, queries {dim}")
+        if n is not None and int(n) != self.rows:
+            raise data_error(self.where, None, f"holds {self.rows} rows, expected {n}")
+        self.what = f"embeddings {self.where}"
+
+    @property
+    def where(self) -> str:
+        return self.path if self.path is not None else "(array)"
+
+    def _file_rows(self, n: Optional[int]) -> int:
+        if not os.path.exists(self.path):
+            raise data_error(self.path, None, "embedding file not found")
+        size = os.path.getsize(self.path)
+        row = self.dim * self.dtype.itemsize
+        if size % row:
+            raise data_error(self.path, None, f"{size} bytes is not a whole number of {self.dtype} rows of dim "
+                             f"{self.dim} (truncated, or written with another dtype or embedding size)")
+        rows = size // row
+        if n is not None and rows != int(n):
+            raise data_error(self.path, None, f"holds {rows} {self.dtype} rows of dim {self.dim}, expected {n} "
+                             "(truncated, or written with another dtype or embedding size)")
+        return rows
+
+    def chunks(self, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
+        """``(first_row, rows (C, D) float32)``; a yielded chunk is valid until the next one is asked for."""
+        chunk_rows = max(1, min(int(chunk_rows), max(1, self.rows)))
+        if self.array is not None:
+            yield from self._array_chunks(chunk_rows)
+        else:
+            yield from self._file_chunks(chunk_rows)
+
+    def _checked(self, first_row: int, chunk: np.ndarray) -> np.ndarray:
+        if self.check_finite and not np.isfinite(chunk).all():
+            bad = first_row + int(np.argmin(np.isfinite(chunk).all(axis=1)))
+            raise NonFiniteError(f"{self.what}: row {bad} holds NaN or infinite values")
+        return chunk
+
+    def _array_chunks(self, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
+        a = self.array
+        buf = None if a.dtype == np.float32 else np.empty((chunk_rows, self.dim), np.float32)
+        for start in range(0, self.rows, chunk_rows):
+            part = a[start:start + chunk_rows]
+            if buf is None:
+                chunk = np.ascontiguousarray(part)  # (C, D) a view when already contiguous
+            else:
+                chunk = buf[:len(part)]  # (C, D)
+                np.copyto(chunk, part)
+            yield start, self._checked(start, chunk)
+
+    def _file_chunks(self, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
+        bufs = [np.empty((chunk_rows, self.dim), np.float32) for _ in range(2)]  # (C, D) each
+        staging = None if self.dtype == np.float32 else np.empty((chunk_rows, self.dim), self.dtype)
+        row_bytes = self.dim * self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+            def read(slot: int, start: int) -> np.ndarray:
+                rows = min(chunk_rows, self.rows - start)
+                out = bufs[slot][:rows]  # (C, D) float32
+                target = out if staging is None else staging[:rows]
+                _pread_into(fd, memoryview(target).cast("B"), self.offset + start * row_bytes, self.path)
+                if staging is not None:
+                    np.copyto(out, target)  # fp16 -> fp32, exact
+                return self._checked(start, out)
+
+            starts = list(range(0, self.rows, chunk_rows))
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drhard-read") as pool:
+                pending = pool.submit(read, 0, starts[0]) if starts else None
+                for j, start in enumerate(starts):
+                    chunk = pending.result()
+                    # the other buffer is free: the caller finished with it when it asked for this chunk
+                    pending = pool.submit(read, (j + 1) % 2, starts[j + 1]) if j + 1 < len(starts) else None
+                    try:
+                        yield start, chunk
+                    except GeneratorExit:
+                        if pending is not None:
+                            pending.cancel()
+                        raise
+        finally:
+            os.close(fd)
+
+
+def _whole_mapping(a: np.memmap) -> bool:
+    """True for a 2-D C-ordered ``np.memmap`` as ``np.memmap(...)`` returned it (not a slice or view of one),
+    whose file region is therefore ``offset .. offset + nbytes``."""
+    import mmap
+    return (getattr(a, "filename", None) is not None and isinstance(a.base, mmap.mmap) and a.ndim == 2
+            and a.flags.c_contiguous)
+
+
+# --------------------------------------------------------------------------- streamed search
+def _chunk_tensor(chunk: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``chunk``'s memory; read-only chunks (slices of a read-only memmap) are only read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+        return torch.from_numpy(chunk)
+
+
+def _query_tensor(queries, dim: Optional[int] = None) -> torch.Tensor:
+    q = queries if isinstance(queries, torch.Tensor) else torch.from_numpy(np.asarray(queries))
+    if q.ndim != 2 or (dim is not None and q.shape[1] != dim):
+        want = f"(Q, {dim})" if dim is not None else "(Q, D)"
+        raise ValueError(f"queries must be {want}, got shape {tuple(q.shape)}")
+    return q
+
+
+def _check_queries_finite(q: torch.Tensor) -> None:
+    ok = torch.isfinite(q).all(dim=1)  # (Q,)
+    if not bool(ok.all()):
+        raise NonFiniteError(f"queries: row {int(torch.argmin(ok.to(torch.uint8)))} holds NaN or infinite values")
+
+
+def search_memmap(path_or_array: ArrayOrPath, queries, k: int, chunk_rows: Optional[int] = None,
+                  dtype=np.float32, query_batch: int = DEFAULT_QUERY_BATCH, progress: bool = True,
+                  n: Optional[int] = None, check_finite: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries`` (Q, D) against the rows of an embedding file or array.
+
+    ``path_or_array``: a raw row-major file of ``dtype`` (float32 or float16) rows of width D (the queries'
+    width; ``n`` rows when given, checked against the file size), a ``np.memmap`` of one (its own dtype and
+    offset are used), or an in-memory array.  Files are streamed ``chunk_rows`` rows at a time (default:
+    ``default_chunk_rows``, from MemAvailable and the query batch) and read once whatever Q is; each chunk is
+    scored against ``query_batch`` queries at a time in float32.  Peak memory beyond the returned arrays:
+    ``chunk_rows * chunk_row_bytes(D, dtype, query_batch)`` plus small per-chunk top-k lists.
+
+    Returns ``(scores (Q, k) float32, ids (Q, k) int64)`` like ``faiss.IndexFlatIP.search``: descending
+    scores, id -1 (score -FLT_MAX) after the last row when there are fewer than ``k`` rows; equal scores rank
+    the lower row id first.  NaN/inf in a query or an embedding row is a ``NonFiniteError`` naming the row.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = _query_tensor(queries)
+    q = q.to(dtype=torch.float32).contiguous()  # (Q, D)
+    nq, dim = q.shape
+    if check_finite:
+        _check_queries_finite(q)
+    src = RowSource(path_or_array, dim=dim, dtype=dtype, n=n, check_finite=check_finite)
+    qb = max(1, min(int(query_batch), max(1, nq)))
+    chunk_rows = int(chunk_rows) if chunk_rows else default_chunk_rows(dim, src.dtype, qb)
+    chunk_rows = max(1, min(chunk_rows, max(1, src.rows)))
+    logger.info("exact search: %d queries x %d rows (dim %d, %s, %s), k %d, chunks of %d rows, query batch %d",
+                nq, src.rows, dim, src.dtype, src.where, k, chunk_rows, qb)
+    blocks = [(q0, RunningTopK(min(qb, nq - q0), k)) for q0 in range(0, nq, qb)]
+    score_buf = torch.empty(qb * chunk_rows, dtype=torch.float32)  # reused (query batch x chunk) score matrix
+    if nq:
+        with tqdm(total=src.rows, desc="search", unit="row", unit_scale=True, disable=not progress) as bar:
+            for start, chunk in src.chunks(chunk_rows):
+                x = _chunk_tensor(chunk)  # (C, D) float32, no copy
+                c = x.shape[0]
+                for q0, block in blocks:
+                    b = block.scores.shape[0]
+                    s = score_buf[:b * c].view(b, c)  # (b, C)
+                    torch.mm(q[q0:q0 + b], x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
+                    block.add(s, start)
+                bar.update(c)
+    scores = np.empty((nq, k), np.float32)
+    ids = np.empty((nq, k), np.int64)
+    for q0, block in blocks:
+        s, i = block.result()  # (b, k)
+        scores[q0:q0 + len(s)], ids[q0:q0 + len(s)] = s.numpy(), i.numpy()
+    return scores, ids
+
+
+# --------------------------------------------------------------------------- flat index on a torch device
+def device_chunk_rows(device: torch.device, dim: int, storage_dtype: torch.dtype, query_batch: int) -> int:
+    """Rows scored at once by ``TorchFlatIndex.search``: the (query_batch, C) fp32 scores and mask, plus the
+    (C, D) fp32 copy of fp16 rows, within ``CHUNK_MEMORY_FRACTION`` of the device's free memory, at most
+    ``CUDA_MAX_CHUNK_BYTES`` on a GPU and ``MAX_CHUNK_BYTES`` on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        available: Optional[int] = int(free)
+        cap = CUDA_MAX_CHUNK_BYTES
+    else:
+        available = mem_available_bytes()
+        cap = MAX_CHUNK_BYTES
+    budget = FALLBACK_CHUNK_BYTES if available is None else int(available * CHUNK_MEMORY_FRACTION)
+    budget = min(budget, cap)
+    per_row = int(query_batch) * (4 + 1) + (dim * 4 if storage_dtype != torch.float32 else 0)
+    return max(MIN_CHUNK_ROWS, budget // per_row)
+
+
+class TorchFlatIndex:
+    """An exact inner-product index whose rows live in one torch tensor on ``device``.
+
+    ``embeddings``: a tensor (N, D), an array or ``np.memmap`` (N, D), or the path of a raw embedding file
+    (then ``dim`` and ``file_dtype`` describe it).  Arrays and files are copied in chunks into the
+    preallocated tensor (a file is read with ``pread``, never mapped), so the host holds at most one chunk
+    beside the index.  ``dtype`` is the storage: ``torch.float32`` or ``torch.float16`` (half the memory;
+    scores are still computed in fp32 from the stored fp16 values).
+
+    ``search(q, k)`` takes queries (Q, D) as a tensor (on any device; one already on ``device`` is not
+    copied) or an array, and returns ``(scores (Q, k) float32, ids (Q, k) int64)`` on ``device`` with the
+    ordering, ties and fillers of ``search_memmap``.
+    """
+
+    def __init__(self, embeddings, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                 chunk_rows: Optional[int] = None, dim: Optional[int] = None, file_dtype=np.float32,
+                 n: Optional[int] = None, check_finite: bool = True):
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"storage dtype must be torch.float32 or torch.float16, got {dtype}")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.chunk_rows = int(chunk_rows) if chunk_rows else None
+        self.check_finite = bool(check_finite)
+        if isinstance(embeddings, torch.Tensor):
+            if embeddings.ndim != 2:
+                raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+            self.x = embeddings.detach().to(device=self.device, dtype=dtype).contiguous()  # (N, D)
+            if check_finite:
+                self._check_rows_finite()
+        else:
+            src = RowSource(embeddings, dim=dim, dtype=file_dtype, n=n, check_finite=check_finite)
+            self.x = torch.empty((src.rows, src.dim), dtype=dtype, device=self.device)  # (N, D)
+            load_rows = self.chunk_rows or default_chunk_rows(src.dim, src.dtype, 1)
+            for start, chunk in src.chunks(load_rows):
+                self.x[start:start + len(chunk)].copy_(_chunk_tensor(chunk))  # (C, D) fp32 -> storage
+        logger.info("torch flat index: %d x %d, %s on %s", self.ntotal, self.d, dtype, self.device)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.x.shape[1])
+
+    def _check_rows_finite(self) -> None:
+        step = self.chunk_rows or 65536
+        for start in range(0, self.ntotal, step):
+            ok = torch.isfinite(self.x[start:start + step]).all(dim=1)  # (C,)
+            if not bool(ok.all()):
+                bad = start + int(torch.argmin(ok.to(torch.uint8)))
+                raise NonFiniteError(f"embeddings: row {bad} holds NaN or infinite values")
+
+    def search(self, q, k: int, query_batch: int = DEFAULT_QUERY_BATCH) -> Tuple[torch.Tensor, torch.Tensor]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = _query_tensor(q, self.d).to(device=self.device, dtype=torch.float32)  # (Q, D), no copy when in place
+        if self.check_finite:
+            _check_queries_finite(q)
+        nq = q.shape[0]
+        qb = max(1, min(int(query_batch), max(1, nq)))
+        chunk_rows = self.chunk_rows or device_chunk_rows(self.device, self.d, self.dtype, qb)
+        chunk_rows = max(1, min(chunk_rows, max(1, self.ntotal)))
+        # Reused temporaries (fresh large CPU allocations cost page faults on every chunk).
+        score_buf = torch.empty(qb * chunk_rows, dtype=torch.float32, device=self.device)  # (b x C) scores
+        wide = (None if self.dtype == torch.float32
+                else torch.empty((chunk_rows, self.d), dtype=torch.float32, device=self.device))  # (C, D)
+        out_s, out_i = [], []
+        for q0 in range(0, nq, qb):
+            qq = q[q0:q0 + qb]  # (b, D)
+            b = qq.shape[0]
+            block = RunningTopK(b, k, self.device)
+            for start in range(0, self.ntotal, chunk_rows):
+                x = self.x[start:start + chunk_rows]  # (C, D) storage dtype
+                c = x.shape[0]
+                if wide is not None:
+                    x = wide[:c].copy_(x)  # (C, D) fp16 -> fp32, exact
+                s = score_buf[:b * c].view(b, c)  # (b, C)
+                torch.mm(qq, x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
+                block.add(s, start)
+            s, i = block.result()  # (b, k)
+            out_s.append(s)
+            out_i.append(i)
+        if not out_s:
+            return (torch.empty((0, k), dtype=torch.float32, device=self.device),
+                    torch.empty((0, k), dtype=torch.int64, device=self.device))
+        return torch.cat(out_s), torch.cat(out_i)
