@@ -12,6 +12,33 @@ Eq. 2: for a positive score ``p`` and a negative score ``n``
 * ADORE (Eq. 8 with the LambdaRank-style weights ``|Δ 1/r|``, SPEC §6): a
   weighted RankNet loss over the list the frozen index retrieved.
 
+Across devices (``drhard.distributed``, one process per GPU) every loss comes
+in two scopes, :data:`LOSS_SCOPES`:
+
+* ``"device"`` (default): each rank computes the loss of its own share of the
+  batch with its own masks (the functions above as they are): what each
+  replica of the original computed.  DDP averages the ranks' gradients, so the
+  step follows the mean of the per-rank losses; negatives never cross devices.
+* ``"global"`` (the ``*_global`` functions): the documents of every rank are
+  gathered with their gradient (``distributed.all_gather_with_grad``); each
+  rank scores its *own* queries against *every* gathered document; the masks
+  compare passage offsets (a query's relevant offsets, :func:`relevant_offsets`,
+  against the gathered documents' offsets), never batch positions; and each
+  rank's loss is scaled so that DDP's average of the ranks' gradients is the
+  gradient of the single-process loss on the global batch.  Derivation: with W
+  ranks, let ``S_r`` be the sum of the kept pair losses of rank r's queries
+  (against all gathered documents) and ``C_r`` their number.  One process on
+  the global batch computes ``L = S / C`` with ``S = sum_r S_r`` and
+  ``C = sum_r C_r``.  Rank r returns ``l_r = W * S_r / C`` (``C`` all-reduced;
+  a constant, as masks do not depend on the weights).  The gather's backward
+  routes ``d l_s / d(documents of r)`` of every rank s to rank r, so the ranks'
+  parameter gradients add up to ``d(sum_r l_r)/d theta``; DDP divides by W:
+  ``(1/W) d(sum_r W S_r / C)/d theta = d(S / C)/d theta = dL/d theta``.  The
+  mean of the ranks' ``l_r`` is ``L`` (the number to log).  ADORE likewise:
+  ``L = (1/B) sum_q L_q`` over the B queries of all ranks, rank r returns
+  ``W * sum_{q of r} L_q / B`` (ranks may hold unequal shares).  In a single
+  process (W = 1) the global functions equal the device ones.
+
 Scoring is done in fp32 with autocast disabled, whatever precision the encoder
 ran in, so a bf16/fp16 forward does not round the logits of the loss.
 
@@ -30,15 +57,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed as ddist
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOSS_SCOPES",
     "pair_loss_terms", "inbatch_loss_terms", "hard_loss_terms",
     "inbatch_loss", "star_loss", "randneg_loss",
+    "relevant_offsets", "offset_pair_mask", "global_pair_terms",
+    "inbatch_loss_global", "star_loss_global", "randneg_loss_global", "training_loss",
     "build_adore_lists", "gather_candidate_embeddings", "adore_inverse_ranks", "adore_pair_weights",
-    "adore_loss",
+    "adore_query_losses", "adore_loss", "adore_loss_global", "adore_training_loss",
     "adore_batch_metrics",
 ]
+
+LOSS_SCOPES = ("device", "global")
 
 
 def _no_autocast(t: torch.Tensor):
@@ -143,6 +177,163 @@ def randneg_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, rand_emb: torch.Tenso
     return _mean_of_kept(loss_sum, count)
 
 
+# --------------------------------------------------------------------------- across devices
+def relevant_offsets(rel_lists: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
+    """Each query's relevant passage offsets as one padded (B, R) int64 tensor (-1 = padding).
+
+    ``rel_lists[b]`` are query b's relevant poffsets (any order, duplicates
+    allowed); R is the longest list (at least 1) or ``width``.  This is what a
+    batch carries instead of position-based masks in the global scope: it can
+    be compared with the offsets of documents held by any rank.
+    """
+    rows = [sorted(set(int(p) for p in rel)) for rel in rel_lists]
+    if any(p < 0 for r in rows for p in r):
+        raise ValueError("passage offsets must be >= 0 (-1 is the padding)")
+    R = max([len(r) for r in rows] + [1]) if width is None else int(width)
+    if any(len(r) > R for r in rows):
+        raise ValueError(f"a query has more than width={R} relevant passages")
+    out = torch.full((len(rows), R), -1, dtype=torch.long)  # (B, R)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def offset_pair_mask(rel_offsets: torch.Tensor, doc_offsets: torch.Tensor) -> torch.Tensor:
+    """(B, N) float mask: 0 where document n's passage offset is one of query b's relevant offsets, else 1.
+
+    ``rel_offsets`` (B, R) int64 padded with -1 (:func:`relevant_offsets`),
+    ``doc_offsets`` (N,) int64 (>= 0).  With the batch's own positives as
+    documents this is the collator's ``rel_pair_mask``; with the positives or
+    negatives gathered from every rank it is the global mask.
+    """
+    rel = rel_offsets.to(dtype=torch.long)  # (B, R)
+    docs = doc_offsets.to(device=rel.device, dtype=torch.long)  # (N,)
+    hit = (rel.unsqueeze(2) == docs.view(1, 1, -1)) & (rel.unsqueeze(2) >= 0)  # (B, R, N)
+    return 1.0 - hit.any(dim=1).float()  # (B, N)
+
+
+def global_pair_terms(q_emb: torch.Tensor, pos_scores: torch.Tensor, doc_emb: torch.Tensor,
+                      rel_offsets: Optional[torch.Tensor], doc_offsets: Optional[torch.Tensor],
+                      exclude_own: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of the kept pairs (each own query, every document of every rank).
+
+    ``doc_emb`` (n, D) are this rank's documents, gathered with their gradient
+    into (N, D) in rank order; ``doc_offsets`` (n,) their passage offsets,
+    gathered the same way.  A pair is dropped where the document's offset is
+    relevant to the query (:func:`offset_pair_mask`); ``rel_offsets=None``
+    drops nothing.  ``exclude_own`` also drops query i's pair with its own
+    positive (the in-batch documents: the gathered row of local row i), which
+    is already dropped when ``rel_offsets`` lists the positive.  A collective:
+    every rank calls it in the same order.
+    """
+    b = q_emb.shape[0]
+    if exclude_own and doc_emb.shape[0] != b:
+        raise ValueError(f"exclude_own needs one document per query, got {doc_emb.shape[0]} for {b}")
+    sizes = ddist.gather_sizes(doc_emb.shape[0])
+    docs = ddist.all_gather_with_grad(doc_emb, sizes)  # (N, D)
+    if rel_offsets is not None:
+        if doc_offsets is None:
+            raise ValueError("relevant offsets given without the documents' offsets")
+        offs = ddist.all_gather_no_grad(doc_offsets.to(device=doc_emb.device, dtype=torch.long), sizes)  # (N,)
+        mask = offset_pair_mask(rel_offsets.to(doc_emb.device), offs)  # (b, N)
+    else:
+        mask = torch.ones(b, docs.shape[0], device=doc_emb.device)  # (b, N)
+    if exclude_own:
+        start = sum(sizes[: ddist.rank()])
+        rows = torch.arange(b, device=mask.device)  # (b,)
+        mask[rows, start + rows] = 0.0
+    with _no_autocast(q_emb):
+        scores = q_emb.float() @ docs.float().T  # (b, N)
+        return pair_loss_terms(pos_scores.float(), scores, mask)
+
+
+def _rank_share(loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``W * S_r / C`` with ``C`` the count summed over ranks (module docstring); 0 when no pair is kept."""
+    total = ddist.all_reduce_sum(count.detach())
+    return ddist.world_size() * _mean_of_kept(loss_sum, total)
+
+
+def _positive_scores(q_emb: torch.Tensor, d_emb: torch.Tensor) -> torch.Tensor:
+    with _no_autocast(q_emb):
+        return (q_emb.float() * d_emb.float()).sum(-1)  # (b,)
+
+
+def inbatch_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, rel_offsets: Optional[torch.Tensor] = None,
+                        pos_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inbatch-Neg across devices: own queries against the positives of every rank (this rank's loss share).
+
+    q_emb, d_emb (b, D) this rank's queries and their positives; rel_offsets
+    (b, R) their relevant passage offsets (-1 padded); pos_offsets (b,) the
+    positives' offsets.  ``rel_offsets=None`` drops only each query's own
+    positive (as ``rel_pair_mask=None`` does in :func:`inbatch_loss`).
+    Returns ``W * S_r / C`` (module docstring); single process: :func:`inbatch_loss`.
+    """
+    pos = _positive_scores(q_emb, d_emb)  # (b,)
+    s, n = global_pair_terms(q_emb, pos, d_emb, rel_offsets, pos_offsets, exclude_own=True)
+    return _rank_share(s, n)
+
+
+def star_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, hard_emb: torch.Tensor,
+                     rel_offsets: Optional[torch.Tensor] = None, pos_offsets: Optional[torch.Tensor] = None,
+                     hard_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """STAR across devices: own queries against every rank's positives and hard negatives (one mean).
+
+    As :func:`inbatch_loss_global` plus hard_emb (h, D) this rank's hard
+    negatives with hard_offsets (h,) their passage offsets; a hard negative is
+    dropped for a query it is relevant to (``rel_offsets=None`` keeps all, as
+    ``hard_pair_mask=None`` does).  Returns ``W * S_r / C`` over both groups
+    together; single process: :func:`star_loss`.
+    """
+    pos = _positive_scores(q_emb, d_emb)  # (b,)
+    s1, n1 = global_pair_terms(q_emb, pos, d_emb, rel_offsets, pos_offsets, exclude_own=True)
+    s2, n2 = global_pair_terms(q_emb, pos, hard_emb, rel_offsets, hard_offsets)
+    return _rank_share(s1 + s2, n1 + n2)
+
+
+def randneg_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, rand_emb: torch.Tensor,
+                        rel_offsets: Optional[torch.Tensor] = None,
+                        rand_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rand-Neg across devices: own queries' positives against the random documents of every rank.
+
+    rand_emb (h, D) and rand_offsets (h,) this rank's random documents; no
+    in-batch pairs.  Returns ``W * S_r / C``; single process: :func:`randneg_loss`.
+    """
+    pos = _positive_scores(q_emb, d_emb)  # (b,)
+    s, n = global_pair_terms(q_emb, pos, rand_emb, rel_offsets, rand_offsets)
+    return _rank_share(s, n)
+
+
+def training_loss(negative_type: str, q_emb: torch.Tensor, d_emb: torch.Tensor,
+                  neg_emb: Optional[torch.Tensor], batch, scope: str = "device") -> torch.Tensor:
+    """The loss of one STAR / Inbatch-Neg / Rand-Neg training batch, in either scope.
+
+    ``negative_type`` star | inbatch | random; ``neg_emb`` the embeddings of
+    ``batch["neg_ids"]`` (None for inbatch).  ``batch`` is the collator's dict:
+    scope ``device`` reads ``rel_pair_mask`` (B, B) and ``neg_pair_mask``
+    (B, B*hard_num); scope ``global`` reads ``rel_offsets`` (B, R),
+    ``pos_offsets`` (B,) and ``neg_offsets`` (B*hard_num,).  With DDP, the
+    global scope's value is this rank's share (module docstring).
+    """
+    if scope not in LOSS_SCOPES:
+        raise ValueError(f"loss scope must be one of {LOSS_SCOPES}, got {scope!r}")
+    if negative_type not in ("star", "inbatch", "random"):
+        raise ValueError(f"negative type must be star, inbatch or random, got {negative_type!r}")
+    if negative_type != "inbatch" and neg_emb is None:
+        raise ValueError(f"negative type {negative_type} needs the negatives' embeddings")
+    if scope == "device":
+        if negative_type == "inbatch":
+            return inbatch_loss(q_emb, d_emb, batch.get("rel_pair_mask"))
+        if negative_type == "star":
+            return star_loss(q_emb, d_emb, neg_emb, batch.get("rel_pair_mask"), batch.get("neg_pair_mask"))
+        return randneg_loss(q_emb, d_emb, neg_emb, batch.get("neg_pair_mask"))
+    rel, pos_off, neg_off = batch.get("rel_offsets"), batch.get("pos_offsets"), batch.get("neg_offsets")
+    if negative_type == "inbatch":
+        return inbatch_loss_global(q_emb, d_emb, rel, pos_off)
+    if negative_type == "star":
+        return star_loss_global(q_emb, d_emb, neg_emb, rel, pos_off, neg_off)
+    return randneg_loss_global(q_emb, d_emb, neg_emb, rel, neg_off)
+
+
 # --------------------------------------------------------------------------- ADORE
 def build_adore_lists(retrieved: np.ndarray, rel_lists: Sequence[Sequence[int]]
                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,7 +409,13 @@ def adore_pair_weights(num_positions: int, metric_cut: Optional[int],
 
 def adore_loss(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                metric_cut: Optional[int] = None) -> torch.Tensor:
-    """ADORE's LambdaRank-style loss (Eq. 8, SPEC §6), all queries at once.
+    """ADORE's loss of a batch: the mean of :func:`adore_query_losses` over its B queries."""
+    return adore_query_losses(q_emb, cand_emb, labels, valid, metric_cut).mean()
+
+
+def adore_query_losses(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                       metric_cut: Optional[int] = None) -> torch.Tensor:
+    """ADORE's LambdaRank-style loss (Eq. 8, SPEC §6) of every query, all at once: (B,).
 
     q_emb (B, D) trainable query embeddings, cand_emb (B, M, D) frozen passage
     embeddings of each query's candidate list (see :func:`build_adore_lists`),
@@ -262,8 +459,29 @@ def adore_loss(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor
         pair_loss = F.softplus(-diff) * weights  # (B, P, M)
         per_query = torch.where(pos_pairs, pair_loss, torch.zeros((), device=q.device)).sum((1, 2))  # (B,)
         num_pos = (rel.sum(1) * non.sum(1)).float()  # (B,)
-        per_query = per_query / num_pos.clamp(min=1.0)  # (B,)
-        return per_query.mean()
+        return per_query / num_pos.clamp(min=1.0)  # (B,)
+
+
+def adore_loss_global(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                      metric_cut: Optional[int] = None) -> torch.Tensor:
+    """ADORE across devices: this rank's share ``W * sum_{own q} L_q / B`` of the global mean.
+
+    B is the number of queries of all ranks (all-reduced), so ranks may hold
+    unequal shares; the candidates are frozen, nothing is gathered.  Single
+    process: :func:`adore_loss`.
+    """
+    per_query = adore_query_losses(q_emb, cand_emb, labels, valid, metric_cut)  # (b,)
+    total = ddist.all_reduce_sum(per_query.shape[0])
+    return ddist.world_size() * per_query.sum() / max(total, 1)
+
+
+def adore_training_loss(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                        metric_cut: Optional[int] = None, scope: str = "device") -> torch.Tensor:
+    """:func:`adore_loss` (scope ``device``: the mean over this rank's queries) or :func:`adore_loss_global`."""
+    if scope not in LOSS_SCOPES:
+        raise ValueError(f"loss scope must be one of {LOSS_SCOPES}, got {scope!r}")
+    fn = adore_loss if scope == "device" else adore_loss_global
+    return fn(q_emb, cand_emb, labels, valid, metric_cut)
 
 
 def adore_batch_metrics(retrieved: np.ndarray, rel_lists: Sequence[Sequence[int]]) -> Tuple[float, float]:
