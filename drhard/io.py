@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -164,7 +165,10 @@ def write_meta(prefix: str, total_number: int, embedding_size: int, dtype: str =
 
 
 def read_meta(prefix: str) -> dict:
+    """``<prefix>_meta`` as a dict; refuses a folder that an interrupted preprocess commit left mixed
+    and a meta that is not the one ``preprocess_manifest.json`` records (see ``check_preprocess_set``)."""
     path = meta_path(prefix)
+    check_no_interrupted_commit(os.path.dirname(path) or ".")
     if not os.path.exists(path):
         raise data_error(path, None, "missing (run preprocess.py first)")
     try:
@@ -175,6 +179,7 @@ def read_meta(prefix: str) -> dict:
         np.dtype(meta["type"])
     except (ValueError, KeyError, TypeError) as e:
         raise data_error(path, None, f"not a DRhard meta file ({e})") from None
+    check_preprocess_set(os.path.dirname(path) or ".", [os.path.basename(path)])
     return meta
 
 
@@ -201,6 +206,8 @@ def check_token_cache(prefix: str) -> Tuple[dict, int]:
     lp = length_path(prefix)
     if not os.path.exists(lp):
         raise data_error(lp, None, "missing (run preprocess.py first)")
+    folder, name = os.path.split(prefix)
+    check_preprocess_set(folder or ".", [os.path.basename(data), os.path.basename(lp)] + set_companions(name))
     return meta, n
 
 
@@ -511,3 +518,105 @@ def token_prefix(preprocess_dir: str, name: str) -> str:
     ``read_meta`` and ``check_token_cache`` take what this returns.
     """
     return os.path.join(preprocess_dir, name)
+
+
+# --------------------------------------------------------------------------- preprocess output set
+# preprocess.py writes its outputs as one set: every file is staged, then
+#   1. COMMIT_MARKER is written (atomically) into the folder, listing the files about to move;
+#   2. the files are renamed into the folder: data files, metas, PREPROCESS_MANIFEST last;
+#   3. the marker is removed.
+# A folder holding the marker is therefore a set mixed from two runs (a commit was killed):
+# readers refuse it, and the next preprocess.py run finishes or undoes the commit.  The
+# manifest records every file of the set (``set_file_record``); readers compare the files they
+# read with it, which catches files copied in from another run.  A folder without a manifest
+# (written by the original code) has nothing to compare against and stays readable.
+PREPROCESS_MANIFEST = "preprocess_manifest.json"
+COMMIT_MARKER = ".preprocess-commit.json"
+SET_FULL_HASH_LIMIT = 16 * 2 ** 20  # files up to this size are hashed whole (reading them costs < 20 ms)
+SET_EDGE_BYTES = 2 ** 20            # larger ones: sha256 of their first and last MiB (a 22 GB memmap)
+MIXED_SET = "an interrupted preprocess.py commit left a mixed set of files (some from an earlier run): " \
+            "rerun preprocess.py"
+
+
+def set_companions(name: str) -> List[str]:
+    """Files a reader of the token cache ``name`` uses with it: the id map (and the qrels)."""
+    if name == "passages":
+        return ["pid2offset.pickle"]
+    if name.endswith("-query") and name[: -len("-query")] in MODES:
+        mode = name[: -len("-query")]
+        return [f"{mode}-qid2offset.pickle", f"{mode}-qrel.tsv"]
+    return []
+
+
+def set_file_record(path: str) -> Dict[str, object]:
+    """``{"size", "sha256"}`` of a file up to ``SET_FULL_HASH_LIMIT``; larger files get
+    ``{"size", "sha256_edges"}``, the sha256 of their first and last ``SET_EDGE_BYTES``."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SET_FULL_HASH_LIMIT:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            return {"size": size, "sha256": h.hexdigest()}
+        h.update(f.read(SET_EDGE_BYTES))
+        f.seek(size - SET_EDGE_BYTES)
+        h.update(f.read(SET_EDGE_BYTES))
+    return {"size": size, "sha256_edges": h.hexdigest()}
+
+
+def record_matches(path: str, rec: dict) -> bool:
+    """True when ``path`` has the size and hash of ``rec`` (a ``set_file_record``)."""
+    try:
+        if os.path.getsize(path) != rec.get("size"):
+            return False
+        return set_file_record(path) == rec
+    except OSError:
+        return False
+
+
+def check_no_interrupted_commit(folder: str) -> None:
+    """Raise ``DataError`` when ``folder`` holds the marker of a preprocess commit that did not finish."""
+    if os.path.exists(os.path.join(folder, COMMIT_MARKER)):
+        raise data_error(folder, None, MIXED_SET)
+
+
+def read_set_records(folder: str) -> Optional[Dict[str, dict]]:
+    """The ``files`` records of ``folder``'s preprocess manifest; None when it has no manifest or the
+    manifest predates set records (then nothing can be compared)."""
+    path = os.path.join(folder, PREPROCESS_MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            man = json.load(f)
+    except (OSError, ValueError) as e:
+        raise data_error(path, None, f"not readable JSON ({e}): rerun preprocess.py") from None
+    files = man.get("files") if isinstance(man, dict) else None
+    if files is None:
+        return None
+    if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
+        raise data_error(path, None, "'files' is not a table of file records: rerun preprocess.py")
+    return files
+
+
+def check_preprocess_set(folder: str, names: Sequence[str]) -> None:
+    """Refuse ``folder`` when a preprocess commit was interrupted there, or when one of the files
+    ``names`` that exists differs (size, hash) from what ``preprocess_manifest.json`` records.
+
+    Costs a stat per file plus hashing files up to 16 MiB whole and 2 MiB of larger ones.
+    A missing file is left to the caller (which reports it as missing).
+    """
+    check_no_interrupted_commit(folder)
+    records = read_set_records(folder)
+    if records is None:
+        return
+    for name in names:
+        rec, path = records.get(name), os.path.join(folder, name)
+        if rec is None or not os.path.exists(path):
+            continue
+        if not record_matches(path, rec):
+            size = os.path.getsize(path)
+            what = (f"size {size} B, the manifest records {rec.get('size')} B" if size != rec.get("size")
+                    else "same size, other content")
+            raise data_error(path, None, f"is not the file {PREPROCESS_MANIFEST} records ({what}): files of "
+                             "different preprocess.py runs are mixed; rerun preprocess.py")

@@ -11,7 +11,8 @@ vocabulary (SPEC section 3):
   train/dev/test keep the queries that have a qrels line, in query-file order; lead keeps all.
 
 Plus one extra file, ``preprocess_manifest.json`` (flags, tokenizer fingerprint, pad id, row
-counts, input sizes).  Two deliberate differences from the original's files: the id-map
+counts, input sizes and sha256, lines with extra columns, and ``files``: size and sha256 of
+every output, see below).  Two deliberate differences from the original's files: the id-map
 pickles hold plain Python ints (the original's keys were numpy int32 scalars, which pickle
 as numpy globals and cannot be read by a safe loader), and a last line without a newline is
 kept (the original counted lines with ``wc -l`` and dropped it).
@@ -19,36 +20,54 @@ kept (the original counted lines with ``wc -l`` and dropped it).
 How it runs: the collection is read in blocks of whole lines; a pool of ``--threads``
 processes (capped at the usable cores) parses, validates and tokenizes each block; the
 parent takes the results in file order (a bounded window of blocks in flight, so memory
-stays flat in corpus size) and appends padded rows to the memmap.  Every output is
-written into a staging folder ``.preprocess.tmp-<pid>-*`` inside ``out_data_dir`` and moved
-into place only when the whole run succeeded; a failed run leaves no output and no
-split folders (the staging folder of a killed run is removed by the next run).  A
-previous run's passages are reused when they are complete (sizes agree with the meta) and
-were made with the same tokenizer and lengths; queries are always rebuilt (cheap).
-Before anything is tokenized, the free disk space of ``out_data_dir`` is checked against
-the size of what will be written (``output_bytes``: rows x width x 4 B per memmap, plus
-lengths and id maps).  Rows of the collection are its line count: one pass that counts
-``\n`` in 16 MiB blocks (a few seconds for MS MARCO, little next to tokenizing it, and it
-warms the page cache for that); the file size is no bound, since a 3 GB collection becomes
-an 18 GB memmap at 512 tokens.
+stays flat in corpus size) and writes padded rows into the memmap, whose disk space was
+reserved up front (``io.allocate_file``; a full disk is an error before any work).  Every
+output is written into a staging folder ``.preprocess.tmp-<pid>-*`` inside ``out_data_dir``;
+a failed run leaves no output and no split folders (the staging folder of a killed run is
+removed by the next run).
 
-Bad input.  Fatal (``DataError`` naming ``file:line``; the CLI exits with status 2):
-a missing input file; CRLF or a lone CR, a UTF-8 byte-order mark, undecodable bytes;
-a wrong number of tab-separated columns (also a blank line); a non-integer id, a doc id
-without its ``D``; a duplicate pid/docid or a duplicate qid within one query file; a
-passage or query whose text is empty after the original's stripping (transformers 2.8.0
-crashed on it; no row is invented for it); a qrels line whose qid is not in the mode's
-query file or whose pid/docid is not in the collection (the original crashed with a
-KeyError); a non-integer relevance; an empty collection.  Query files and qrels are
+The outputs are one set.  When the whole run succeeded they are moved into place as a
+commit: ``.preprocess-commit.json`` (the moves and the records of the new set) is written
+first, then the data files, the metas and the manifest last are renamed, then the marker
+is removed.  A kill between two renames leaves the marker: every reader (``io.TokenCache``,
+``check_token_cache``, ``read_meta``) refuses such a folder, and the next run finishes the
+commit when the killed run's staged files are intact (else it deletes that set and rebuilds
+it).  The manifest's ``files`` record each output's size and sha256 (files over 16 MiB: of
+their first and last MiB); readers compare the files they read with it, so files copied in
+from another run are refused too.  A folder without a manifest (the original's) is read as is.
+
+Reuse.  A previous run's passages are reused when they are complete, match the manifest's
+records, and were made from a collection with the same sha256, the same tokenizer and the
+same ``--max_seq_length`` / ``--max_doc_character``; queries are always rebuilt (cheap).  The
+sha256 is computed in the pass that counts the collection's lines (``scan_file``, one read in
+16 MiB blocks): about 0.9 s per GiB from the page cache on a 2-core x86 with SHA extensions,
+0.55 s of it the hash, i.e. roughly 20 s for the 22 GB document collection (the read from
+disk costs more when it is not cached).  While tokenizing, the parent hashes the blocks again:
+a collection that changed during the run is an error.  Before anything is tokenized, the
+free disk space of ``out_data_dir`` is checked against the size of what will be written
+(``output_bytes``: rows x width x 4 B per memmap, plus lengths and id maps); the file size
+is no bound, since a 3 GB collection becomes an 18 GB memmap at 512 tokens.
+
+Bad input (docs/bad-input.md has the table).  Fatal (``DataError`` naming ``file:line``; the
+CLI prints one ``error:`` line and exits 1): a missing input file; CRLF or a lone CR, a UTF-8
+byte-order mark, undecodable bytes; too few tab-separated columns (also a blank line); a
+non-integer id, a doc id without its ``D``; a duplicate pid/docid or a duplicate qid within
+one query file; a passage or query whose text is empty after the original's stripping
+(transformers 2.8.0 crashed on it; no row is invented for it); a qrels line whose qid is not
+in the mode's query file or whose pid/docid is not in the collection (the original crashed
+with a KeyError); a non-integer relevance; an empty collection.  Query files and qrels are
 validated before the collection is tokenized, so these errors come first, except an
-unknown pid/docid, which is known only after the collection.  Not errors: duplicate
-qrels lines (written twice, as the original did), qrels grades of 0, a doc with an
-empty url/title/body, an empty query or qrels file (0 rows, with a warning).
+unknown pid/docid, which is known only after the collection.  Not errors: more columns than
+used (the first ones are used, as the original did; the lines are counted and reported),
+duplicate qrels lines (written twice, as the original did), qrels grades of 0, a doc with
+an empty url/title/body, an empty query or qrels file (0 rows, with a warning).
 """
 from __future__ import annotations
 
 import array
 import collections
+import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -70,7 +89,7 @@ logger = logging.getLogger(__name__)
 
 SEP = "<sep>"
 MEMMAP_SUFFIX = ".memmap"
-MANIFEST = "preprocess_manifest.json"
+MANIFEST = dio.PREPROCESS_MANIFEST
 STAGE_PREFIX = ".preprocess.tmp-"
 BLOCK_BYTES = 1 << 20
 QUERY_BLOCK = 2000
@@ -120,25 +139,31 @@ def _check_raw(path: str, lineno: int, line: str) -> None:
         raise data_error(path, lineno, "carriage return (CRLF line endings?); convert the file with dos2unix")
 
 
-def parse_collection_line(kind: str, path: str, lineno: int, line: str, max_doc_character: int) -> Tuple[int, str]:
-    """``(pid, text)`` of one collection line exactly as the original built the text."""
+def parse_collection_line(kind: str, path: str, lineno: int, line: str,
+                          max_doc_character: int) -> Tuple[int, str, bool]:
+    """``(pid, text, extra)`` of one collection line, the text exactly as the original built it.
+
+    The original used the first columns and ignored any further ones; so do we (``extra``
+    says the line had more columns than that).  Too few columns are an error, as they were.
+    """
     _check_raw(path, lineno, line)
     if kind == "passage":
         cols = line.strip().split("\t")
         if len(cols) == 1 and "\t" in line:  # 'pid<TAB>   ': the text is white space only
             raise data_error(path, lineno, f"passage {cols[0]!r} has an empty text")
-        if len(cols) != 2:
+        if len(cols) < 2:
             raise data_error(path, lineno, f"expected 2 tab-separated columns 'pid<TAB>text', got {len(cols)}")
         pid = dio.parse_int(path, lineno, cols[0], "passage id")
         text = cols[1].rstrip()[:max_doc_character]
         if not text:
             raise data_error(path, lineno, f"passage {pid} has an empty text")
-        return pid, text
+        return pid, text, len(cols) > 2
     cols = line.split("\t")
-    if len(cols) != 4:
+    if len(cols) < 4:
         raise data_error(path, lineno, f"expected 4 tab-separated columns 'D<id> url title body', got {len(cols)}")
     return (parse_doc_id(path, lineno, cols[0]),
-            (cols[1].rstrip() + SEP + cols[2].rstrip() + SEP + cols[3].rstrip())[:max_doc_character])
+            (cols[1].rstrip() + SEP + cols[2].rstrip() + SEP + cols[3].rstrip())[:max_doc_character],
+            len(cols) > 4)
 
 
 def parse_doc_id(path: str, lineno: int, value: str) -> int:
@@ -147,16 +172,36 @@ def parse_doc_id(path: str, lineno: int, value: str) -> int:
     return dio.parse_int(path, lineno, value[1:], "document id")
 
 
-def parse_query_line(path: str, lineno: int, line: str) -> Tuple[int, str]:
+def parse_query_line(path: str, lineno: int, line: str) -> Tuple[int, str, bool]:
+    """``(qid, text, extra)``: columns 0 and 1 of ``line.split('\\t')`` as the original; ``extra``
+    says there were more."""
     _check_raw(path, lineno, line)
     cols = line.split("\t")
-    if len(cols) != 2:
+    if len(cols) < 2:
         raise data_error(path, lineno, f"expected 2 tab-separated columns 'qid<TAB>text', got {len(cols)}")
     qid = dio.parse_int(path, lineno, cols[0], "query id")
     text = cols[1].rstrip()
     if not text:
         raise data_error(path, lineno, f"query {qid} has an empty text")
-    return qid, text
+    return qid, text, len(cols) > 2
+
+
+class ExtraColumns:
+    """Lines of one input file that had more tab-separated columns than were used: a count and
+    the first ``FIRST`` line numbers (reported at the end of the run and in the manifest)."""
+
+    FIRST = 10
+
+    def __init__(self):
+        self.lines = 0
+        self.first: List[int] = []
+
+    def add(self, count: int, first: Sequence[int]) -> None:
+        self.lines += int(count)
+        self.first.extend(int(n) for n in first[: self.FIRST - len(self.first)])
+
+    def record(self) -> dict:
+        return {"lines": self.lines, "first_lines": list(self.first)}
 
 
 # --------------------------------------------------------------------------- workers
@@ -180,8 +225,9 @@ def _encode_rows(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.
     return _TOKENIZER.encode_batch_flat(texts, max_length)
 
 
-def _collection_block(task) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse, validate and tokenize one block of whole collection lines."""
+def _collection_block(task) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int, List[int]]:
+    """Parse, validate and tokenize one block of whole collection lines: ids, flat token ids,
+    lengths, and the lines with extra columns (their count, the first few line numbers)."""
     kind, path, first_lineno, blob, max_length, max_doc_character = task
     try:
         text = blob.decode("utf-8")
@@ -199,14 +245,17 @@ def _collection_block(task) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         lines.pop()
     pids = np.empty(len(lines), dtype=np.int64)
     texts = []
+    extra: List[int] = []  # line numbers with more columns than used
     for k, line in enumerate(lines):
-        pid, t = parse_collection_line(kind, path, first_lineno + k, line, max_doc_character)
+        pid, t, more = parse_collection_line(kind, path, first_lineno + k, line, max_doc_character)
         if not -(1 << 63) <= pid < (1 << 63):
             raise data_error(path, first_lineno + k, f"id {pid} does not fit in 64 bits")
         pids[k] = pid
         texts.append(t)
+        if more:
+            extra.append(first_lineno + k)
     flat, lengths = _encode_rows(texts, max_length)
-    return pids, flat, lengths
+    return pids, flat, lengths, len(extra), extra[: ExtraColumns.FIRST]
 
 
 def _query_block(task) -> Tuple[np.ndarray, np.ndarray]:
@@ -257,8 +306,9 @@ class _OrderedPool:
             self.pool = None
 
 
-def _line_blocks(path: str, block_bytes: int):
-    """``(first_lineno, bytes)`` blocks of whole lines (split on ``\\n`` only)."""
+def _line_blocks(path: str, block_bytes: int, digest=None):
+    """``(first_lineno, bytes)`` blocks of whole lines (split on ``\\n`` only); ``digest``, a hashlib
+    object, is updated with every byte read."""
     lineno = 1
     with open(path, "rb") as f:
         while True:
@@ -267,16 +317,23 @@ def _line_blocks(path: str, block_bytes: int):
                 return
             if not blob.endswith(b"\n"):
                 blob += f.readline()
+            if digest is not None:
+                digest.update(blob)
             yield lineno, blob
             lineno += blob.count(b"\n")
 
 
 class _RowWriter:
-    """Appends zero-padded int32 rows to a raw memmap file."""
+    """Writes ``rows`` zero-padded int32 rows into a raw memmap file whose disk space is reserved
+    up front (``allocate_file``: a full disk is a ``NoSpaceError`` before any work, not a failure
+    hours later)."""
 
-    def __init__(self, path: str, width: int):
-        self.f = open(path, "wb")
+    def __init__(self, path: str, width: int, rows: int, what: str):
+        dio.allocate_file(path, int(rows) * width * 4, what)
+        self.f = open(path, "r+b")
+        self.path = path
         self.width = width
+        self.rows = int(rows)
         self.lengths = array.array("i")
         self._cols = np.arange(width, dtype=np.int32)
 
@@ -287,6 +344,8 @@ class _RowWriter:
         self.lengths.extend(lengths.tolist())
 
     def close(self) -> np.ndarray:
+        """Lengths of the rows written; the caller checks their number against ``rows``."""
+        self.f.truncate()  # fewer rows than reserved: the caller reports it, the file keeps what was written
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -315,6 +374,7 @@ class _QuerySet:
     qids: List[int]
     texts: List[str]
     qrels: List[Tuple[int, int, int, str]]  # (lineno, qid, pid, rel string)
+    extra: ExtraColumns
 
 
 def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
@@ -322,13 +382,16 @@ def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
     qpath = os.path.join(data_dir, qfile)
     seen: Dict[int, int] = {}
     qids, texts = [], []
+    extra = ExtraColumns()
     for lineno, line in dio.iter_lines(qpath):
-        qid, text = parse_query_line(qpath, lineno, line)
+        qid, text, more = parse_query_line(qpath, lineno, line)
         if qid in seen:
             raise data_error(qpath, lineno, f"duplicate query id {qid} (first on line {seen[qid]})")
         seen[qid] = lineno
         qids.append(qid)
         texts.append(text)
+        if more:
+            extra.add(1, [lineno])
     qrels = []
     rpath = None
     if rfile is not None:
@@ -348,7 +411,7 @@ def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
             logger.warning("%s is empty: %s-query will have no rows", rpath, mode)
     if not qids:
         logger.warning("%s is empty: %s-query will have no rows", qpath, mode)
-    return _QuerySet(mode, qpath, rpath, qids, texts, qrels)
+    return _QuerySet(mode, qpath, rpath, qids, texts, qrels, extra)
 
 
 # --------------------------------------------------------------------------- the run
@@ -359,14 +422,26 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str, inputs: dict) -> Optional[Dict[int, int]]:
+PASSAGE_FILES = ("passages.memmap", "passages_length.npy", "passages_meta", "pid2offset.pickle")
+
+
+def output_names() -> List[str]:
+    """Every file name preprocess writes (a mode without qrels has no ``-qrel.tsv``)."""
+    names = list(PASSAGE_FILES)
+    for mode in dio.MODES:
+        names += [f"{mode}-query.memmap", f"{mode}-query_length.npy", f"{mode}-query_meta",
+                  f"{mode}-qid2offset.pickle"] + ([f"{mode}-qrel.tsv"] if mode != "lead" else [])
+    return names + [MANIFEST]
+
+
+def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str,
+                       collection_sha256: str) -> Optional[Tuple[Dict[int, int], Optional[dict]]]:
+    """``(pid2offset, old manifest or None)`` when the passages in ``out_dir`` are complete and were
+    made from a collection with this content (sha256), this tokenizer and these flags."""
     prefix = os.path.join(out_dir, "passages")
-    memmap = prefix + MEMMAP_SUFFIX
     try:
-        meta = dio.read_meta(prefix)
-        n, width = meta["total_number"], meta["embedding_size"]
-        if width != args.max_seq_length or not os.path.exists(memmap) or \
-                os.path.getsize(memmap) != n * width * np.dtype(meta["type"]).itemsize:
+        _meta, n = dio.check_token_cache(prefix)  # sizes agree; files match the manifest's records
+        if _meta["embedding_size"] != args.max_seq_length:
             return None
         if len(np.load(dio.length_path(prefix), mmap_mode="r")) != n:
             return None
@@ -376,33 +451,55 @@ def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str, inp
     except (DataError, OSError, ValueError):
         return None
     man_path = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(man_path):
-        try:
-            with open(man_path, encoding="utf-8") as f:
-                old = json.load(f)
-            same = (old["tokenizer"]["fingerprint"] == fingerprint and old["data_type"] == args.data_type
-                    and old["flags"]["max_seq_length"] == args.max_seq_length
-                    and old["flags"]["max_doc_character"] == args.max_doc_character
-                    and old["inputs"].get(INPUT_FILES[args.data_type]["collection"])
-                    == inputs[INPUT_FILES[args.data_type]["collection"]])
-        except (OSError, ValueError, KeyError, TypeError):
-            same = False
-        if not same:
-            logger.info("existing passages were made with other settings or input: rebuilding them")
-            return None
-    else:
-        logger.warning("reusing complete passages in %s that have no %s (made by another tool?)", out_dir, MANIFEST)
-    return pid2offset
+    if not os.path.exists(man_path):
+        logger.warning("reusing complete passages in %s that have no %s (made by the original code?); "
+                       "--overwrite rebuilds them", out_dir, MANIFEST)
+        return pid2offset, None
+    collection = INPUT_FILES[args.data_type]["collection"]
+    try:
+        with open(man_path, encoding="utf-8") as f:
+            old = json.load(f)
+        same = (old["tokenizer"]["fingerprint"] == fingerprint and old["data_type"] == args.data_type
+                and old["flags"]["max_seq_length"] == args.max_seq_length
+                and old["flags"]["max_doc_character"] == args.max_doc_character
+                and old["input_sha256"][collection] == collection_sha256
+                and isinstance(old["files"], dict) and all(n in old["files"] for n in PASSAGE_FILES))
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        logger.info("existing passages were made with other settings or another %s: rebuilding them",
+                    collection)
+        return None
+    return pid2offset, old
+
+
+SCAN_BLOCK = 1 << 24
+
+
+def scan_file(path: str) -> Tuple[int, str]:
+    """``(lines, sha256 hex)`` of ``path`` in one read; a last line without a newline counts (as
+    preprocess keeps it).  About 0.9 s per GiB from the page cache (0.4 of it counting)."""
+    n, last = 0, b"\n"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blob in iter(lambda: f.read(SCAN_BLOCK), b""):
+            n += blob.count(b"\n")
+            digest.update(blob)
+            last = blob[-1:]
+    return n + (last != b"\n"), digest.hexdigest()
 
 
 def count_lines(path: str) -> int:
     """Lines of ``path``, a last line without a newline included (as preprocess keeps it)."""
-    n, last = 0, b"\n"
+    return scan_file(path)[0]
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for blob in iter(lambda: f.read(1 << 24), b""):
-            n += blob.count(b"\n")
-            last = blob[-1:]
-    return n + (last != b"\n")
+        for blob in iter(lambda: f.read(SCAN_BLOCK), b""):
+            digest.update(blob)
+    return digest.hexdigest()
 
 
 def output_bytes(n_passages: int, query_rows: Sequence[int], max_seq_length: int, max_query_length: int) -> int:
@@ -413,6 +510,16 @@ def output_bytes(n_passages: int, query_rows: Sequence[int], max_seq_length: int
     return int(n_passages) * per_passage + int(sum(query_rows)) * per_query
 
 
+def check_lengths(args: PreprocessArgs) -> None:
+    """The ranges ``preprocess.py``'s parser enforces, for library callers."""
+    if args.max_seq_length < 2 or args.max_query_length < 2:
+        raise ValueError("max_seq_length and max_query_length must be at least 2 (<s> and </s>)")
+    if args.max_doc_character < 1:
+        raise ValueError("max_doc_character must be at least 1")
+    if args.threads < 1:
+        raise ValueError("threads must be at least 1")
+
+
 def preprocess(args: PreprocessArgs) -> dict:
     """Run the whole preprocessing; returns the manifest (also written to the output dir)."""
     from .tokenization import load_tokenizer, resolve_tokenizer_path
@@ -420,8 +527,7 @@ def preprocess(args: PreprocessArgs) -> dict:
     t_start = time.time()
     kind = parse_data_type(args.data_type)
     args.data_type = kind
-    if args.max_seq_length < 2 or args.max_query_length < 2:
-        raise ValueError("max_seq_length and max_query_length must be at least 2 (<s> and </s>)")
+    check_lengths(args)
     files = INPUT_FILES[kind]
     needed = [files["collection"]] + [f for m in dio.MODES for f in files[m] if f is not None]
     missing = [f for f in needed if not os.path.isfile(os.path.join(args.data_dir, f))]
@@ -438,37 +544,62 @@ def preprocess(args: PreprocessArgs) -> dict:
 
     # query files and qrels first: cheap, and their errors should not wait for the collection
     query_sets = [_read_query_set(kind, args.data_dir, mode) for mode in dio.MODES]
+    input_sha256 = {f: _sha256_file(os.path.join(args.data_dir, f)) for f in needed[1:]}
 
     out_dir = args.out_data_dir
     os.makedirs(out_dir, exist_ok=True)
+    recover_commit(out_dir)
     _remove_dead_stages(out_dir)
     stage = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out_dir)
     pool = None
     rows: Dict[str, int] = {}
     qrel_lines: Dict[str, int] = {}
     try:
-        pid2offset = None if args.overwrite else _passages_reusable(out_dir, args, fingerprint, inputs)
-        n_new = count_lines(os.path.join(args.data_dir, files["collection"])) if pid2offset is None else 0
-        dio.check_free_space(stage, output_bytes(n_new, [len(qs.qids) for qs in query_sets], args.max_seq_length,
-                                                 args.max_query_length), "the preprocess outputs")
+        collection_path = os.path.join(args.data_dir, files["collection"])
+        n_lines, input_sha256[files["collection"]] = scan_file(collection_path)
+        reuse = None if args.overwrite else _passages_reusable(out_dir, args, fingerprint,
+                                                               input_sha256[files["collection"]])
+        dio.check_free_space(stage, output_bytes(0 if reuse else n_lines, [len(qs.qids) for qs in query_sets],
+                                                 args.max_seq_length, args.max_query_length),
+                             "the preprocess outputs")
         pool = _OrderedPool(workers, tok_path, compat, tokenizer)
-        if pid2offset is None:
-            pid2offset = _tokenize_collection(kind, args, stage, pool)
+        if reuse is None:
+            pid2offset, extra = _tokenize_collection(kind, args, stage, pool, n_lines,
+                                                     input_sha256[files["collection"]])
             reused = False
         else:
-            logger.info("passages in %s are complete: reusing them", out_dir)
+            logger.info("passages in %s are complete and made from this %s: reusing them",
+                        out_dir, files["collection"])
+            pid2offset, old = reuse
+            extra = ExtraColumns()
+            old_extra = ((old or {}).get("extra_columns") or {}).get(files["collection"])
+            if isinstance(old_extra, dict):
+                extra.add(old_extra.get("lines", 0), old_extra.get("first_lines", []))
             reused = True
         rows["passages"] = len(pid2offset)
+        extra_columns = {files["collection"]: extra}
 
         for qs in query_sets:
             n, nq = _write_query_set(kind, qs, pid2offset, args, stage, pool)
             rows[f"{qs.mode}-query"] = n
+            extra_columns[os.path.basename(qs.query_path)] = qs.extra
             if nq is not None:
                 qrel_lines[f"{qs.mode}-qrel.tsv"] = nq
         if pool is not None:
             pool.close()
             pool = None
+        extra_rec = {}
+        for name, ex in extra_columns.items():
+            if ex.lines:
+                extra_rec[name] = ex.record()
+                logger.warning("%s: %d line(s) had more tab-separated columns than used (the first ones were "
+                               "used, as the original did); first on lines %s", name, ex.lines,
+                               ", ".join(map(str, ex.first)))
 
+        staged = sorted(os.listdir(stage))
+        records = {n: dio.set_file_record(os.path.join(stage, n)) for n in staged}
+        if reused:
+            records.update({n: dio.set_file_record(os.path.join(out_dir, n)) for n in PASSAGE_FILES})
         manifest = {
             "command": list(args.command),
             "flags": {k: v for k, v in asdict(args).items() if k != "command"},
@@ -479,6 +610,9 @@ def preprocess(args: PreprocessArgs) -> dict:
             "rows": rows,
             "qrel_lines": qrel_lines,
             "inputs": inputs,
+            "input_sha256": input_sha256,
+            "extra_columns": extra_rec,
+            "files": dict(sorted(records.items())),
             "passages_reused": reused,
             "workers": workers,
             "seconds": round(time.time() - t_start, 3),
@@ -486,7 +620,8 @@ def preprocess(args: PreprocessArgs) -> dict:
         with open(os.path.join(stage, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
-        _commit(stage, out_dir)
+        records[MANIFEST] = dio.set_file_record(os.path.join(stage, MANIFEST))
+        _commit(stage, out_dir, records, staged + [MANIFEST])
     finally:
         if pool is not None:
             pool.close()
@@ -512,34 +647,133 @@ def _remove_dead_stages(out_dir: str) -> None:
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
-def _commit(stage: str, out_dir: str) -> None:
-    """Move staged files into ``out_dir``: data files first, metas next, the manifest last."""
-    names = sorted(os.listdir(stage))
-    order = ([n for n in names if not n.endswith("_meta") and n != MANIFEST]
-             + [n for n in names if n.endswith("_meta")] + [n for n in names if n == MANIFEST])
+# --------------------------------------------------------------------------- committing the set
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(src: str, dst: str) -> None:
+    """One rename of the commit (a separate function so tests can interrupt a commit between moves)."""
+    os.replace(src, dst)
+
+
+def _commit_order(names: Sequence[str]) -> List[str]:
+    """Data files first, metas next, the manifest last."""
+    return ([n for n in names if not n.endswith("_meta") and n != MANIFEST]
+            + [n for n in names if n.endswith("_meta")] + [n for n in names if n == MANIFEST])
+
+
+def _commit(stage: str, out_dir: str, records: Dict[str, dict], moves: Sequence[str]) -> None:
+    """Move the staged files ``moves`` into ``out_dir`` as one set.
+
+    The marker (``dio.COMMIT_MARKER``: the stage, the moves and the records of the whole new
+    set) is written first, so a kill between two renames leaves a folder that readers refuse
+    and that the next run finishes (``recover_commit``); it is removed after the last rename.
+    """
+    order = _commit_order(moves)
+    plan = {"pid": os.getpid(), "stage": os.path.basename(stage), "moves": order, "files": records}
+    with dio.atomic_write(os.path.join(out_dir, dio.COMMIT_MARKER)) as f:
+        json.dump(plan, f, indent=1, sort_keys=True)
+    _fsync_dir(out_dir)
     for name in order:
-        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+        _move(os.path.join(stage, name), os.path.join(out_dir, name))
+    _fsync_dir(out_dir)
+    os.remove(os.path.join(out_dir, dio.COMMIT_MARKER))
+    _fsync_dir(out_dir)
 
 
-def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _OrderedPool) -> Dict[int, int]:
+def _is_live_preprocess(pid: int) -> bool:
+    """A running process ``pid`` that is a Python process (a pid reused by something else is not)."""
+    if not dio.pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"python" in f.read().lower()
+    except OSError:
+        return True  # no /proc: trust the pid
+
+
+def recover_commit(out_dir: str) -> Optional[str]:
+    """Deal with the marker of an interrupted commit in ``out_dir``: ``"finished"`` when the killed
+    run's staged files were all still there (the moves are completed), ``"removed"`` when they were
+    not (every file of that set is deleted, so the rerun rebuilds them); None without a marker."""
+    marker = os.path.join(out_dir, dio.COMMIT_MARKER)
+    if not os.path.exists(marker):
+        return None
+    try:
+        with open(marker, encoding="utf-8") as f:
+            plan = json.load(f)
+        pid, moves, records = int(plan["pid"]), list(plan["moves"]), dict(plan["files"])
+        stage = os.path.join(out_dir, os.path.basename(str(plan["stage"])))
+        if not all(isinstance(n, str) and os.path.basename(n) == n and n in records for n in moves):
+            raise ValueError("bad move list")
+    except (OSError, ValueError, KeyError, TypeError):
+        plan = None
+    if plan is not None and pid != os.getpid() and _is_live_preprocess(pid) and os.path.isdir(stage):
+        raise data_error(out_dir, None, f"preprocess.py (pid {pid}) is committing its outputs here; "
+                         "wait for it to end")
+    if plan is not None:
+        pending = []
+        for name in moves:
+            src, dst = os.path.join(stage, name), os.path.join(out_dir, name)
+            if os.path.exists(src) and dio.record_matches(src, records[name]):
+                pending.append(name)
+            elif not (os.path.exists(dst) and dio.record_matches(dst, records[name])):
+                break
+        else:
+            for name in pending:
+                _move(os.path.join(stage, name), os.path.join(out_dir, name))
+            _fsync_dir(out_dir)
+            os.remove(marker)
+            _fsync_dir(out_dir)
+            shutil.rmtree(stage, ignore_errors=True)
+            logger.warning("%s: finished the commit of a killed preprocess.py run (pid %d, %d of %d files "
+                           "were still to move)", out_dir, pid, len(pending), len(moves))
+            return "finished"
+    names = set(output_names()) | (set(records) if plan is not None else set())
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    _fsync_dir(out_dir)
+    os.remove(marker)
+    _fsync_dir(out_dir)
+    logger.warning("%s: a killed preprocess.py commit could not be finished (its staged files are gone): "
+                   "removed the mixed set; everything is rebuilt", out_dir)
+    return "removed"
+
+
+def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _OrderedPool, n_lines: int,
+                         sha256: str) -> Tuple[Dict[int, int], ExtraColumns]:
     from tqdm import tqdm
 
     path = os.path.join(args.data_dir, INPUT_FILES[kind]["collection"])
     prefix = os.path.join(stage, "passages")
-    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_seq_length)
+    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_seq_length, n_lines, "the passages memmap")
     pids = array.array("q")
+    extra = ExtraColumns()
+    digest = hashlib.sha256()
     tasks = ((kind, path, lineno, blob, args.max_seq_length, args.max_doc_character)
-             for lineno, blob in _line_blocks(path, BLOCK_BYTES))
+             for lineno, blob in _line_blocks(path, BLOCK_BYTES, digest))
+    changed = f"changed while preprocess.py read it ({n_lines} lines when counted, %s): rerun when it is complete"
     try:
         with tqdm(unit=" passages", desc="passages", disable=None, file=sys.stderr) as bar:
-            for block_pids, flat, lengths in pool.map(_collection_block, tasks):
+            for block_pids, flat, lengths, n_extra, first_extra in pool.map(_collection_block, tasks):
+                if len(pids) + len(block_pids) > n_lines:
+                    raise data_error(path, None, changed % "more now")
                 writer.add(flat, lengths)
                 pids.extend(block_pids.tolist())
+                extra.add(n_extra, first_extra)
                 bar.update(lengths.size)
     except BaseException:
         writer.abort()
         raise
     lengths = writer.close()
+    if len(pids) != n_lines or digest.hexdigest() != sha256:
+        raise data_error(path, None, changed % f"{len(pids)} when tokenized, other content")
     if not len(pids):
         raise data_error(path, None, "the collection is empty")
     ids = np.frombuffer(pids, dtype=np.int64)
@@ -555,7 +789,7 @@ def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _Ord
     pid2offset = dict(zip(ids.tolist(), range(len(ids))))
     _save_pickle(os.path.join(stage, "pid2offset.pickle"), pid2offset)
     logger.info("%d passages tokenized", len(ids))
-    return pid2offset
+    return pid2offset, extra
 
 
 def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args: PreprocessArgs,
@@ -573,7 +807,7 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
     texts = [qs.texts[i] for i in keep]
 
     prefix = os.path.join(stage, f"{qs.mode}-query")
-    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_query_length)
+    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_query_length, len(texts), f"the {qs.mode}-query memmap")
     tasks = ((texts[s:s + QUERY_BLOCK], args.max_query_length) for s in range(0, len(texts), QUERY_BLOCK))
     try:
         for flat, lengths in pool.map(_query_block, tasks):
@@ -590,4 +824,3 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
         for _lineno, qid, pid, rel in qs.qrels:
             f.write(f"{qid2offset[qid]}\t0\t{pid2offset[pid]}\t{rel}\n")
     return len(keep), len(qs.qrels)
-

@@ -28,13 +28,17 @@ def dataset_files(data_dir: str, data_type) -> Dict[str, str]:
 
 
 def read_collection(path: str, data_type, max_doc_character: Optional[int] = None) -> Iterator[Tuple[int, str]]:
-    """Yield ``(pid, text)`` (doc ids without their ``D``); text cut to ``max_doc_character`` when given."""
+    """Yield ``(pid, text)`` (doc ids without their ``D``); text cut to ``max_doc_character`` when given.
+
+    Lines with more columns than used are read as preprocess reads them (the first columns)."""
     kind = parse_data_type(data_type)
     cut = max_doc_character if max_doc_character is not None else 1 << 62
     for lineno, line in iter_lines(path):
-        yield parse_collection_line(kind, path, lineno, line, cut)
+        pid, text, _extra = parse_collection_line(kind, path, lineno, line, cut)
+        yield pid, text
 
 
 def read_queries(path: str) -> Iterator[Tuple[int, str]]:
     for lineno, line in iter_lines(path):
-        yield parse_query_line(path, lineno, line)
+        qid, text, _extra = parse_query_line(path, lineno, line)
+        yield qid, text

@@ -82,6 +82,64 @@ def assert_error(rc, msg, path, line=None):
     assert "\n" not in msg and "Traceback" not in msg
 
 
+# --------------------------------------------------------------------------- preprocess.py
+@pytest.fixture(scope="module")
+def raw_passage(tmp_path_factory):
+    from toy_data import make_tiny_tokenizer, make_toy_msmarco
+    root = tmp_path_factory.mktemp("rawpassage")
+    return make_toy_msmarco(root / "data", "passage", n_passages=30, seed=2), make_tiny_tokenizer(root / "tok")
+
+
+def _set_line(path: Path, n: int, new: bytes) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[n - 1] = new
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("file,edit,line,what", [
+    ("collection.tsv", lambda p: _set_line(p, 3, b"2 no tab"), 3, "expected 2 tab-separated columns"),
+    ("collection.tsv", lambda p: _set_line(p, 4, b"x3\ttext"), 4, "not an integer"),
+    ("collection.tsv", lambda p: _set_line(p, 5, b"4\t\tsecond column empty"), 5, "empty text"),
+    ("queries.dev.small.tsv", lambda p: _set_line(p, 2, b"77"), 2, "expected 2 tab-separated columns"),
+    ("qrels.train.tsv", lambda p: p.write_text(p.read_text() + "999\t0\t1\t1\n"), None, "has no line in"),
+    ("queries.eval.small.tsv", os.remove, None, "missing input files: queries.eval.small.tsv"),
+])
+def test_preprocess_rejects_raw_dataset_with_one_error_line_exit_1(raw_passage, tmp_path, capsys, file, edit, line,
+                                                                   what):
+    from drhard.cli import run
+    data = tmp_path / "dataset"
+    shutil.copytree(raw_passage[0], data)
+    edit(data / file)
+    out = tmp_path / "out"
+    rc = run(script("preprocess.py").main, ["--data_dir", str(data), "--out_data_dir", str(out),
+                                            "--model_name_or_path", str(raw_passage[1]), "--threads", "1"])
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1
+    if file == "queries.eval.small.tsv":
+        assert_error(rc, msg, data)
+    elif line is None:
+        assert_error(rc, msg, data / file)
+    else:
+        assert_error(rc, msg, data / file, line)
+    assert what in msg
+    assert files_under(out) == []
+
+
+def test_preprocess_reads_extra_columns_as_the_original(raw_passage, tmp_path, capsys):
+    from drhard.cli import run
+    data = tmp_path / "dataset"
+    shutil.copytree(raw_passage[0], data)
+    coll = data / "collection.tsv"
+    _set_line(coll, 6, coll.read_bytes().split(b"\n")[5] + b"\tan extra column")
+    out = tmp_path / "out"
+    rc = run(script("preprocess.py").main, ["--data_dir", str(data), "--out_data_dir", str(out),
+                                            "--model_name_or_path", str(raw_passage[1]), "--threads", "1"])
+    assert rc == 0
+    assert "collection.tsv: 1 line(s) had more tab-separated columns than used" in capsys.readouterr().out
+    assert json.loads((out / "preprocess_manifest.json").read_text())["extra_columns"] == {
+        "collection.tsv": {"lines": 1, "first_lines": [6]}}
+
+
 # --------------------------------------------------------------------------- msmarco_eval.py
 QRELS = b"1\t0\t10\t1\n2\t0\t20\t1\n"
 RUN = b"1\t10\t1\n2\t20\t1\n"

@@ -95,7 +95,8 @@ def prep(tmp_path_factory):
 
 def _manifest_core(folder: Path) -> dict:
     man = json.loads((folder / "preprocess_manifest.json").read_text())
-    return {k: man[k] for k in ("tokenizer", "rows", "qrel_lines", "inputs", "pad_token_id", "data_type")}
+    return {k: man[k] for k in ("tokenizer", "rows", "qrel_lines", "inputs", "pad_token_id", "data_type", "files",
+                                "input_sha256", "extra_columns")}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -110,6 +111,86 @@ def test_preprocess_killed_then_rerun_is_byte_identical(prep, seed):
             assert got[name] == want[name], name
     assert _manifest_core(out) == _manifest_core(prep["full"])
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # the killed run's staging folder is gone
+
+
+# --------------------------------------------------------------------------- preprocess.py killed inside its commit
+# Runs preprocess.py with its renames of the commit interrupted by SIGKILL: after `point` renames,
+# or ("after") once every file is in place but the commit marker is not yet removed.
+COMMIT_KILLER = r"""
+import os, runpy, signal, sys
+import drhard.preprocess as pp
+point = sys.argv.pop(1)
+real_move, real_fsync, moved, synced = pp._move, pp._fsync_dir, [0], [0]
+def move(src, dst):
+    if point != "after" and moved[0] == int(point):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_move(src, dst)
+    moved[0] += 1
+def fsync_dir(path):
+    real_fsync(path)
+    synced[0] += 1
+    if point == "after" and synced[0] == 2:  # 1: marker written, 2: every file moved
+        os.kill(os.getpid(), signal.SIGKILL)
+pp._move, pp._fsync_dir = move, fsync_dir
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def commit(tmp_path_factory):
+    """An output folder of dataset A, and the uninterrupted run of dataset B (the killed runs write B over A)."""
+    root = tmp_path_factory.mktemp("killcommit")
+    tok = make_tiny_tokenizer(root / "tok")
+    data = {s: make_toy_msmarco(root / f"data{s}", "passage", n_passages=300, seed=s) for s in (1, 2)}
+
+    def args(s, out):
+        return ["--data_dir", data[s], "--out_data_dir", out, "--model_name_or_path", tok, "--max_seq_length", 32,
+                "--max_query_length", 12, "--threads", 1]
+
+    run_script("preprocess.py", *args(1, root / "a"))
+    run_script("preprocess.py", *args(2, root / "b"))
+    return {"root": root, "args": args}
+
+
+@pytest.mark.parametrize("point", ["0", "3", "19", "23", "after", "stage gone"])
+def test_preprocess_killed_inside_its_commit(commit, point):
+    import subprocess
+    import sys
+
+    from drhard.io import DataError, TokenCache, read_meta
+    from tinyprep import REPO
+
+    root = commit["root"]
+    out = root / f"killed-{point}"
+    shutil.copytree(root / "a", out)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    kill_at = "5" if point == "stage gone" else point
+    p = subprocess.run([sys.executable, "-c", COMMIT_KILLER, kill_at, str(REPO / "preprocess.py"),
+                        *map(str, commit["args"](2, out))], env=env, cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-3000:]
+    mixed = visible_files(out)
+    a, b = visible_files(root / "a"), visible_files(root / "b")
+    if point not in ("0", "after"):  # some files of each run
+        assert any(mixed[n] == a[n] != b[n] for n in a) and any(mixed[n] == b[n] != a[n] for n in b)
+    # every reader refuses the folder
+    for reader in (lambda: TokenCache(str(out / "train-query")), lambda: TokenCache(str(out / "passages")),
+                   lambda: read_meta(str(out / "passages"))):
+        with pytest.raises(DataError, match="interrupted preprocess.py commit left a mixed set"):
+            reader()
+    if point == "stage gone":  # the staged files are lost: the rerun removes the mixed set and rebuilds it
+        for n in os.listdir(out):
+            if n.startswith(".preprocess.tmp-"):
+                shutil.rmtree(out / n)
+    run_script("preprocess.py", *commit["args"](2, out))
+    got = visible_files(out)
+    assert got.keys() == b.keys()
+    for name in b:
+        if name != "preprocess_manifest.json":
+            assert got[name] == b[name], name
+    assert _manifest_core(out) == _manifest_core(root / "b")
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    assert len(TokenCache(str(out / "train-query"))) > 0
 
 
 # --------------------------------------------------------------------------- star/inference.py

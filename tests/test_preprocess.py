@@ -157,7 +157,7 @@ def _replace_line(n, new):
 
 
 BAD = {
-    "columns": ("collection.tsv", _replace_line(4, b"3\tsome\ttext"), "collection.tsv:4", "2 tab-separated"),
+    "columns": ("collection.tsv", _replace_line(4, b"3 some text"), "collection.tsv:4", "2 tab-separated"),
     "blank": ("collection.tsv", _replace_line(2, b""), "collection.tsv:2", "columns"),
     "non_int_pid": ("collection.tsv", _replace_line(5, b"x5\ttext"), "collection.tsv:5", "not an integer"),
     "dup_pid": ("collection.tsv", _replace_line(7, b"2\tduplicate"), "collection.tsv:7", "duplicate id 2 .first on line 3"),
@@ -168,7 +168,9 @@ BAD = {
     "query_columns": ("queries.train.tsv", _replace_line(3, b"17"), "queries.train.tsv:3", "2 tab-separated"),
     "query_dup": ("queries.dev.small.tsv", lambda r: r + r.split(b"\n")[0] + b"\n", "queries.dev.small.tsv:16",
                   "duplicate query id"),
-    "query_empty": ("queries.eval.small.tsv", _replace_line(2, b"77\t \t"), "queries.eval.small.tsv:2", "columns"),
+    "query_empty": ("queries.eval.small.tsv", _replace_line(2, b"77\t \t"), "queries.eval.small.tsv:2", "empty"),
+    "query_one_column": ("queries.eval.small.tsv", _replace_line(2, b"77 text"), "queries.eval.small.tsv:2",
+                         "2 tab-separated"),
     "query_empty_text": ("queries.eval.small.tsv", _replace_line(2, b"77\t  "), "queries.eval.small.tsv:2", "empty"),
     "query_crlf": ("queries.train.tsv", lambda r: r.replace(b"\n", b"\r\n"), "queries.train.tsv:1", "CRLF"),
     "qrels_unknown_qid": ("qrels.train.tsv", lambda r: r + b"999\t0\t1\t1\n", "qrels.train.tsv:", "no line in"),
@@ -201,6 +203,11 @@ def test_bad_input_is_fatal_names_file_line_and_writes_nothing(tmp_path, tok_dir
 
 def test_doc_id_without_d_and_missing_files(tmp_path, tok_dir):
     data = make_toy_msmarco(tmp_path / "data", "doc", n_passages=30)
+    good = (data / "msmarco-docs.tsv").read_bytes()
+    _edit(data / "msmarco-docs.tsv", _replace_line(2, b"D5\turl\ttitle"))  # 3 columns: the original crashed
+    with pytest.raises(DataError, match=r"msmarco-docs.tsv:2: expected 4 tab-separated columns"):
+        _run(data, tmp_path / "out", "doc", tok_dir)
+    (data / "msmarco-docs.tsv").write_bytes(good)
     _edit(data / "msmarco-docs.tsv", _replace_line(3, b"123\turl\ttitle\tbody"))
     with pytest.raises(DataError, match=r"msmarco-docs.tsv:3: document id '123'"):
         _run(data, tmp_path / "out", "doc", tok_dir)
@@ -222,7 +229,8 @@ def test_readme_command_verbatim(tmp_path, tok_dir):
     make_toy_msmarco(tmp_path / "data", "passage", n_passages=50)
     make_toy_msmarco(tmp_path / "data", "doc", n_passages=50)
     r = _cli(["--data_type", "0"], tmp_path)
-    assert r.returncode == 2 and "roberta-base" in r.stderr and "vocab.json and merges.txt" in r.stderr
+    assert r.returncode == 1 and "roberta-base" in r.stderr and "vocab.json and merges.txt" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "doc" / "preprocess" / "passages.memmap").exists()
     (tmp_path / "data" / "roberta-base").symlink_to(tok_dir)
     for t in ("0", "1"):
@@ -232,11 +240,13 @@ def test_readme_command_verbatim(tmp_path, tok_dir):
         out = tmp_path / "data" / kind / "preprocess"
         assert json.loads((out / "passages_meta").read_text())["total_number"] == 50
         assert (out / "test-qrel.tsv").exists()
-    # DRHARD_TOKENIZER also resolves the literal 'roberta-base'; a bad line exits 2 with file:line
+    # DRHARD_TOKENIZER also resolves the literal 'roberta-base'; a bad line exits 1 with one file:line error
     (tmp_path / "data" / "roberta-base").unlink()
     _edit(tmp_path / "data" / "passage" / "dataset" / "collection.tsv", _replace_line(2, b"oops"))
     r = _cli(["--data_type", "passage", "--overwrite"], tmp_path, {"DRHARD_TOKENIZER": str(tok_dir)})
-    assert r.returncode == 2 and "collection.tsv:2" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("error: ") and "collection.tsv:2" in last, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_hf_compat_tokenizer(tmp_path):
@@ -281,3 +291,159 @@ def test_staging_folder_of_a_killed_run_is_removed(tmp_path, tok_dir):
     _run(data, out, "passage", tok_dir, max_seq_length=16)
     assert not dead.exists() and live.exists()
     assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [live.name]
+
+
+# --------------------------------------------------------------------------- extra columns (read like the original)
+def _add_columns(path, line_numbers, tail):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n in line_numbers:
+        lines[n - 1] += tail(n)
+    path.write_text("\n".join(lines), encoding="utf-8", newline="\n")
+
+
+@pytest.mark.parametrize("kind", ["passage", "doc"])
+def test_extra_columns_are_read_like_the_original_and_counted(tmp_path, tok_dir, kind, monkeypatch):
+    monkeypatch.setattr(pp, "BLOCK_BYTES", 600)  # the lines fall in many blocks, counted in worker processes
+    monkeypatch.setattr(pp, "usable_cores", lambda: 2)
+    data = make_toy_msmarco(tmp_path / "data", kind, n_passages=120, seed=4)
+    clean = tmp_path / "clean"
+    _run(data, clean, kind, tok_dir, threads=2, max_seq_length=40)
+    coll = data / INPUT_FILES[kind]["collection"]
+    qfile = data / INPUT_FILES[kind]["train"][0]
+    extra = list(range(3, 121, 9))  # 14 lines: more than the first ones the report lists
+    _add_columns(coll, extra, lambda n: "\tstray column" + ("\t" if n % 2 else ""))
+    _add_columns(qfile, [2, 5], lambda n: "\tx\ty")
+    out = tmp_path / "out"
+    man = _run(data, out, kind, tok_dir, threads=2, max_seq_length=40)
+    assert _all_bytes(out) == _all_bytes(clean)  # the original used the first columns
+    _check_outputs(out, _expected(data, kind, load_tokenizer(tok_dir), 40, 64, 10000))
+    want = {coll.name: {"lines": 14, "first_lines": extra[:pp.ExtraColumns.FIRST]},
+            qfile.name: {"lines": 2, "first_lines": [2, 5]}}
+    assert man["extra_columns"] == want
+    assert json.loads((out / pp.MANIFEST).read_text())["extra_columns"] == want
+    # a rerun that reuses the passages still reports the collection's lines
+    again = _run(data, out, kind, tok_dir, threads=2, max_seq_length=40)
+    assert again["passages_reused"] is True and again["extra_columns"] == want
+
+
+def _load_cli():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "preprocess.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_prints_the_extra_column_count_and_first_lines(tmp_path, tok_dir, capsys):
+    from drhard.cli import run
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=40)
+    _add_columns(data / "collection.tsv", [4, 9], lambda n: "\textra")
+    rc = run(_load_cli().main, ["--data_dir", str(data), "--out_data_dir", str(tmp_path / "out"),
+                                "--model_name_or_path", str(tok_dir), "--max_seq_length", "32", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "collection.tsv: 2 line(s) had more tab-separated columns than used" in out
+    assert "first on lines 4, 9" in out
+
+
+# --------------------------------------------------------------------------- flags checked at the door
+def test_flags_out_of_range_or_paths_of_the_wrong_kind_exit_2_before_any_work(tmp_path, tok_dir, capsys):
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=20)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = tmp_path / "out"
+    ok = {"--data_dir": str(data), "--out_data_dir": str(out), "--model_name_or_path": str(tok_dir)}
+    cli = _load_cli()
+    cases = [("--max_seq_length", "1", "at least 2"), ("--max_seq_length", "0", "at least 2"),
+             ("--max_seq_length", "-5", "at least 2"), ("--max_seq_length", "x", "not an integer"),
+             ("--max_query_length", "1", "at least 2"), ("--max_doc_character", "-1", "at least 1"),
+             ("--max_doc_character", "0", "at least 1"), ("--threads", "0", "at least 1"),
+             ("--data_dir", str(a_file), "not a directory"), ("--data_dir", str(tmp_path / "nope"), "no such"),
+             ("--out_data_dir", str(a_file), "not a directory"),
+             ("--model_name_or_path", str(a_file), "expected a tokenizer directory")]
+    for flag, value, what in cases:
+        argv = [x for k, v in {**ok, flag: value}.items() for x in (k, v)]
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2, (flag, value)
+        assert "error:" in err[-1] and flag in err[-1] and what in err[-1], (flag, value, err[-1])
+        assert not out.exists()
+    assert a_file.read_text() == "x"
+
+
+def test_original_defaults_are_kept(tmp_path, monkeypatch):
+    (tmp_path / "data" / "passage" / "dataset").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    a = _load_cli().get_arguments(["--data_type", "1"])
+    assert (a.model_name_or_path, a.max_seq_length, a.max_query_length, a.max_doc_character, a.threads) == \
+        ("roberta-base", 512, 64, 10000, 32)
+    assert (a.data_dir, a.out_data_dir) == ("./data/passage/dataset", "./data/passage/preprocess")
+
+
+# --------------------------------------------------------------------------- outputs the system refuses
+def test_unwritable_output_is_one_error_line_exit_1(tmp_path, tok_dir):
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=20)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file")  # root ignores chmod: a file as the parent makes the folder unwritable
+    r = _cli(["--data_dir", str(data), "--out_data_dir", str(blocker / "out"), "--model_name_or_path",
+              str(tok_dir), "--max_seq_length", "32", "--threads", "1"], tmp_path)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr
+    assert err[-1].startswith("error: ") and str(blocker) in err[-1] and "Traceback" not in r.stderr
+    assert blocker.read_text() == "a regular file"
+
+
+def test_full_disk_when_reserving_the_passages_memmap_fails_before_tokenizing(tmp_path, tok_dir, monkeypatch, capsys):
+    import errno
+
+    from drhard.cli import run
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=50)
+    out = tmp_path / "out"
+    reserved = []
+
+    def fallocate(fd, offset, n):
+        reserved.append(n)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    blocks = []
+    real = pp._collection_block
+    monkeypatch.setattr(pp, "_collection_block", lambda task: blocks.append(1) or real(task))
+    rc = run(_load_cli().main, ["--data_dir", str(data), "--out_data_dir", str(out), "--model_name_or_path",
+                                str(tok_dir), "--max_seq_length", "32", "--threads", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: ") and "not enough free disk space for the passages memmap" \
+        in err[-1], err
+    assert reserved == [50 * 32 * 4] and blocks == []  # the whole memmap, before any block was tokenized
+    assert os.listdir(out) == []  # no stage, no partial file
+
+
+def _script_exit_status(argv, monkeypatch):
+    """Run preprocess.py as ``python preprocess.py ...`` would, in this process (monkeypatches apply)."""
+    import runpy
+    monkeypatch.setattr(sys, "argv", ["preprocess.py"] + argv)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(REPO / "preprocess.py"), run_name="__main__")
+    return e.value.code
+
+
+def test_disk_full_while_writing_leaves_the_previous_outputs_untouched(tmp_path, tok_dir, monkeypatch, capsys):
+    import errno
+
+    data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=50)
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(data), "--out_data_dir", str(out), "--model_name_or_path", str(tok_dir),
+            "--max_seq_length", "32", "--threads", "1", "--overwrite"]
+    assert _script_exit_status(argv, monkeypatch) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+    def full(path, mapping):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(pp, "_save_pickle", full)
+    capsys.readouterr()
+    assert _script_exit_status(argv, monkeypatch) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "No space left on device" in err[-1]
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before  # staged files removed

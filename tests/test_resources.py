@@ -14,6 +14,7 @@ import torch
 
 import drhard.io as dio
 import drhard.preprocess as pp
+from drhard.cli import run
 from drhard.encode import encode_to_memmap, sidecar_path
 from drhard.io import NoSpaceError, TokenCache, check_free_space, write_token_cache
 from drhard.model import build_tiny_roberta
@@ -85,7 +86,8 @@ def _args(toy, out, **kw):
 def test_preprocess_estimate_bounds_what_it_writes(toy, tmp_path, monkeypatch):
     needs = []
     real = dio.check_free_space
-    monkeypatch.setattr(dio, "check_free_space", lambda path, n, what="": needs.append(n) or real(path, n, what))
+    monkeypatch.setattr(dio, "check_free_space", lambda path, n, what="": (
+        what == "the preprocess outputs" and needs.append(n)) or real(path, n, what))
     out = tmp_path / "out"
     preprocess(_args(toy, out))
     written = sum(os.path.getsize(out / n) for n in os.listdir(out) if n != pp.MANIFEST)
@@ -111,10 +113,10 @@ def test_preprocess_cli_reports_no_space_as_one_error_line(toy, tmp_path, monkey
     spec.loader.exec_module(cli)
     fake_free(monkeypatch, 10)
     data, tok = toy
-    rc = cli.main(["--data_dir", str(data), "--out_data_dir", str(tmp_path / "out"), "--model_name_or_path", str(tok),
-                   "--max_seq_length", "48", "--threads", "1"])
+    rc = run(cli.main, ["--data_dir", str(data), "--out_data_dir", str(tmp_path / "out"), "--model_name_or_path",
+                        str(tok), "--max_seq_length", "48", "--threads", "1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and "error:" in err[-1] and "not enough free disk space" in err[-1]
+    assert rc == 1 and err[-1].startswith("error: ") and "not enough free disk space" in err[-1]
 
 
 def test_count_lines_counts_a_last_line_without_newline(tmp_path):
