@@ -153,6 +153,16 @@ def test_sharded_batch_sampler_shares_cover_each_global_batch():
     shares = [list(dd.ShardedBatchSampler(tiny, r, 3)) for r in range(3)]
     assert all(len(s) == 2 for s in shares) and len(dd.ShardedBatchSampler(tiny, 1, 3)) == 2
 
+    class Seeded(SequentialSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    inner = BatchSampler(Seeded(range(4)), batch_size=2, drop_last=False)
+    dd.ShardedBatchSampler(inner, 0, 2).set_epoch(3)
+    assert inner.sampler.epoch == 3
+
 
 def test_read_env_single_process_and_torchrun():
     assert dd.read_env({}) == dd.DistEnv()
