@@ -10,7 +10,29 @@ document index never has to be rebuilt.
 Checkpoints: ``<model_save_dir>/epoch-<n>`` after each epoch and
 ``ckpt-<step>`` every ``save_steps``; each is a model directory that
 ``RobertaDot.from_pretrained`` and ``adore/inference.py`` load, plus
-``training_state/`` (optimizer, scheduler, step, RNG) for resuming.
+``training_state/`` (optimizer, scheduler, step, RNG, the run's config) for
+resuming, and ``checksums.json`` written last (``drhard.checkpoint``).
+
+Reliability rules:
+
+* Non-finite numbers.  The passage embeddings are checked for NaN/inf chunk by
+  chunk while they are added to the index (faiss silently returns id -1 for a
+  NaN query or passage, and the loss of an empty candidate list is a clean
+  0.0).  A step whose query embeddings, loss or gradient norm is not finite is
+  skipped (no change to the weights, the optimizer or the schedule; logged
+  and counted in tensorboard as ``train/nonfinite_steps``); after
+  ``max_nonfinite_steps`` such steps in a row training stops with
+  ``NonFiniteError``.  The weights are checked before every save, so no
+  checkpoint ever holds NaN.
+* One run per folder.  A non-empty ``model_save_dir`` is refused unless the
+  run resumes or ``overwrite_output_dir`` is set (then the old run's
+  checkpoints are removed first).  A resumed checkpoint whose recorded config
+  differs in a field that changes the result (``RESULT_FIELDS``) is refused
+  unless ``allow_config_change`` is set.  Temp folders of killed saves are
+  removed at start.
+* Checkpoints are verified before a resume: ``auto`` takes the newest one
+  that verifies (saying which were skipped and why); an explicitly named one
+  that does not verify is a ``DataError`` naming the bad file.
 """
 from __future__ import annotations
 
@@ -19,9 +41,11 @@ import logging
 import math
 import os
 import re
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,16 +54,34 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import index as dindex
+from .checkpoint import newest_verified, verify_checkpoint, write_checksums
 from .dataset import EpochSeededSampler, pad_batch, seed_everything
 from .device import resolve_device
-from .io import DataError, TokenCache, atomic_dir, atomic_write, data_error, read_offset_qrels, token_prefix
+from .errors import DataError, NonFiniteError, data_error
+from .finite import NonFiniteGuard, check_model_finite, first_nonfinite_row
+from .io import TokenCache, atomic_dir, atomic_write, read_offset_qrels, remove_stale_tmp, token_prefix
 from .losses import adore_batch_metrics, adore_loss, build_adore_lists, gather_candidate_embeddings
 from .model import RobertaDot
-from .optim import param_groups
+from .optim import build_optimizer, param_groups
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "training_state"
+CHECKPOINT_NAME = re.compile(r"(epoch|ckpt)-\d+")
+# Files a resumable checkpoint must hold (relative to the checkpoint folder).
+REQUIRED_FILES = ("config.json", "model.safetensors", f"{STATE_DIR}/state.json", f"{STATE_DIR}/optimizer.pt",
+                  f"{STATE_DIR}/scheduler.pt", f"{STATE_DIR}/rng.pt")
+# Config fields that change the trained weights: a resume with other values is refused.
+RESULT_FIELDS = ("init_path", "pembed_path", "preprocess_dir", "metric_cut", "neg_topk", "max_seq_length",
+                 "per_gpu_batch_size", "gradient_accumulation_steps", "warmup_steps", "seed", "learning_rate",
+                 "weight_decay", "adam_epsilon", "max_grad_norm", "num_train_epochs", "max_steps")
+PATH_FIELDS = ("init_path", "pembed_path", "preprocess_dir")
+# Files of a run besides its checkpoints (removed with them by overwrite_output_dir).
+RUN_FILES = ("train_history.json", "adore-train.manifest.json")
+# Test-only: "<checkpoint name>:<seconds>" pauses inside that save, after the model and before the optimizer
+# state are written, so a test can SIGKILL a half-written checkpoint.
+SAVE_PAUSE_ENV = "DRHARD_TEST_SAVE_PAUSE"
+UNKNOWN_STEP = sys.maxsize  # a checkpoint whose state.json does not read sorts first (and is reported)
 
 
 @dataclass
@@ -70,6 +112,9 @@ class AdoreConfig:
     no_cuda: bool = False
     allow_tokenizer_mismatch: bool = False
     resume_from_checkpoint: Optional[str] = None
+    max_nonfinite_steps: int = 10
+    overwrite_output_dir: bool = False
+    allow_config_change: bool = False
 
 
 class QueryDataset(Dataset):
@@ -106,25 +151,180 @@ class _Collate:
         return [it[0] for it in items], ids, mask
 
 
-def _step_dirs(model_save_dir: str) -> List[tuple]:
-    """Complete resumable checkpoints as (global_step, path)."""
-    out = []
+class FiniteCheckedRows:
+    """Read-only view of an (N, D) embedding matrix whose row slices are checked for NaN/inf as they are read.
+
+    Handed to ``drhard.index.build_index``, which fills the index chunk by chunk:
+    the finiteness check and the index fill are one pass over the file, and
+    the bytes checked are the bytes indexed.  A bad row raises
+    ``NonFiniteError`` naming ``what`` and the row.
+    """
+
+    def __init__(self, array: np.ndarray, what: str):
+        self.array = array
+        self.what = what
+        self.shape = array.shape
+        self.ndim = array.ndim
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _checked(self, chunk: np.ndarray, first_row: int) -> np.ndarray:
+        bad = first_nonfinite_row(chunk)
+        if bad is not None:
+            raise NonFiniteError(f"{self.what}: row {first_row + bad} holds NaN or infinite values")
+        return chunk
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("FiniteCheckedRows supports contiguous row slices only")
+        start, _, _ = key.indices(self.shape[0])
+        return self._checked(np.array(self.array[key], dtype=np.float32), start)  # (rows, D), in RAM
+
+    def __array__(self, dtype=None, copy=None):
+        return self._checked(np.asarray(self.array, dtype=dtype or np.float32), 0)
+
+
+# ---------------------------------------------------------------------- checkpoints and the output folder
+def _recorded_step(path: str) -> int:
+    """The global step a checkpoint recorded; from a ``ckpt-N`` name when its state does not read."""
+    try:
+        with open(os.path.join(path, STATE_DIR, "state.json"), encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        name = os.path.basename(path)
+        return int(name.split("-")[1]) if name.startswith("ckpt-") else UNKNOWN_STEP
+
+
+def checkpoint_candidates(model_save_dir: str) -> List[Tuple[int, str]]:
+    """Every ``epoch-N``/``ckpt-N`` folder of ``model_save_dir`` as (recorded global step, path), unverified."""
     if not os.path.isdir(model_save_dir):
-        return out
+        return []
+    out = []
     for name in os.listdir(model_save_dir):
-        if not re.fullmatch(r"(epoch|ckpt)-\d+", name):
-            continue
         path = os.path.join(model_save_dir, name)
-        state = os.path.join(path, STATE_DIR, "state.json")
-        if os.path.exists(state):
-            with open(state, encoding="utf-8") as f:
-                out.append((json.load(f)["global_step"], path))
+        if CHECKPOINT_NAME.fullmatch(name) and os.path.isdir(path):
+            out.append((_recorded_step(path), path))
     return sorted(out)
 
 
 def last_checkpoint(model_save_dir: str) -> Optional[str]:
-    found = _step_dirs(model_save_dir)
-    return found[-1][1] if found else None
+    """The newest checkpoint of ``model_save_dir`` that verifies (skipped ones are logged), or None."""
+    return newest_verified(checkpoint_candidates(model_save_dir), REQUIRED_FILES)
+
+
+def resolve_resume(model_save_dir: str, resume: Optional[str]) -> Optional[str]:
+    """The checkpoint to resume from: ``auto``/``last`` = the newest that verifies; a path must verify."""
+    if resume in ("auto", "last"):
+        found = checkpoint_candidates(model_save_dir)
+        if not found:
+            logger.info("%s holds no checkpoint: starting from scratch", model_save_dir)
+            return None
+        path = newest_verified(found, REQUIRED_FILES)
+        if path is None:
+            newest = found[-1][1]
+            raise DataError(f"none of the {len(found)} checkpoints in {model_save_dir} verifies; the newest: "
+                            f"{verify_checkpoint(newest, REQUIRED_FILES)} (use --overwrite_output_dir to start over)")
+        if path != found[-1][1]:
+            logger.warning("resuming from %s, the newest checkpoint that verifies (newer ones are damaged, "
+                           "see above)", path)
+        return path
+    if resume:
+        problem = verify_checkpoint(resume, REQUIRED_FILES)
+        if problem is not None:
+            raise DataError(f"{problem} (--resume_from_checkpoint {resume} cannot be resumed)")
+    return resume
+
+
+def _abs(path) -> str:
+    return os.path.realpath(str(path))
+
+
+def config_changes(recorded: Dict, cfg: AdoreConfig) -> List[str]:
+    """``field: old -> new`` for every result-changing field that differs from the checkpoint's recorded config."""
+    old_cfg = recorded.get("config") or {}
+    old_paths = recorded.get("paths") or {}
+    new = asdict(cfg)
+    changes = []
+    for name in RESULT_FIELDS:
+        if name not in old_cfg:
+            continue
+        old, now = old_cfg[name], new[name]
+        if name in PATH_FIELDS:
+            if _abs(old_paths.get(name, old)) != _abs(now):
+                changes.append(f"{name}: {old_paths.get(name, old)} -> {_abs(now)}")
+        elif old != now:
+            changes.append(f"{name}: {old} -> {now}")
+    return changes
+
+
+def _read_state(path: str) -> Dict:
+    state_path = os.path.join(path, STATE_DIR, "state.json")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        int(state["global_step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{state_path}: not an ADORE training state ({e})") from None
+    return state
+
+
+def prepare_output_dir(cfg: AdoreConfig) -> Optional[str]:
+    """Sweep killed saves, enforce one run per folder, pick the checkpoint to resume (verified), or None.
+
+    Cheap: runs before any model, embedding or index is loaded.
+    """
+    save_dir = cfg.model_save_dir
+    remove_stale_tmp(save_dir)
+    if cfg.overwrite_output_dir and cfg.resume_from_checkpoint:
+        raise DataError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
+    resume = resolve_resume(save_dir, cfg.resume_from_checkpoint)
+    if cfg.overwrite_output_dir:
+        remove_old_run(save_dir)
+    elif not cfg.resume_from_checkpoint and os.path.isdir(save_dir) and os.listdir(save_dir):
+        raise DataError(f"{save_dir}: --model_save_dir already exists and is not empty (another run's "
+                        "checkpoints?). Use --resume_from_checkpoint auto to continue that run, "
+                        "--overwrite_output_dir to remove its checkpoints and train afresh, or another folder")
+    if resume:
+        changes = config_changes(_read_state(resume), cfg)
+        if changes and not cfg.allow_config_change:
+            raise DataError(f"{resume}: this checkpoint was trained with other data, model or hyper-parameters "
+                            f"({'; '.join(changes)}); resuming it would mix two runs. Use the same flags, "
+                            "another --model_save_dir, or --allow_config_change to continue anyway")
+        if changes:
+            logger.warning("RESUMING %s WITH A CHANGED CONFIG (--allow_config_change): %s", resume,
+                           "; ".join(changes))
+    return resume
+
+
+def remove_old_run(model_save_dir: str) -> List[str]:
+    """Remove the checkpoints and run files of an earlier run (each checkpoint renamed away first, then deleted)."""
+    removed = []
+    if not os.path.isdir(model_save_dir):
+        return removed
+    for name in sorted(os.listdir(model_save_dir)):
+        path = os.path.join(model_save_dir, name)
+        if CHECKPOINT_NAME.fullmatch(name) and os.path.isdir(path):
+            doomed = os.path.join(model_save_dir, f".{name}.old-{os.getpid()}-overwritten")
+            os.replace(path, doomed)  # gone for resume at once; a kill leaves a temp name the next run sweeps
+            shutil.rmtree(doomed)
+            removed.append(name)
+        elif name in RUN_FILES and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        logger.warning("--overwrite_output_dir: removed %s of an earlier run from %s", ", ".join(removed),
+                       model_save_dir)
+    return removed
+
+
+def _save_pause(name: str) -> None:
+    spec = os.environ.get(SAVE_PAUSE_ENV)
+    if spec:
+        target, _, seconds = spec.rpartition(":")
+        if target == name:
+            time.sleep(float(seconds))
 
 
 class AdoreTrainer:
@@ -132,13 +332,12 @@ class AdoreTrainer:
         self.cfg = cfg
         if cfg.metric_cut is not None and cfg.metric_cut < 1:
             raise ValueError(f"--metric_cut must be >= 1 (or unset for no cut), got {cfg.metric_cut}")
+        resume = prepare_output_dir(cfg)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.no_cuda, cfg.model_gpu_index)
-        resume = cfg.resume_from_checkpoint
-        if resume in ("auto", "last"):
-            resume = last_checkpoint(cfg.model_save_dir)
         self.resume = resume
         self.model = RobertaDot.from_pretrained(resume or cfg.init_path).to(self.device)
+        check_model_finite(self.model, resume or cfg.init_path)
         self.tokenizer_dir = cfg.init_path
         from .retrieval import open_passage_embeddings, passage_count
         n_passages = passage_count(cfg.preprocess_dir)
@@ -155,22 +354,27 @@ class AdoreTrainer:
         self.total_updates = self.updates_per_epoch * cfg.num_train_epochs
         if cfg.max_steps > 0:
             self.total_updates = min(self.total_updates, cfg.max_steps) if cfg.num_train_epochs > 0 else cfg.max_steps
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
-                                           eps=cfg.adam_epsilon)
+        # AdamW from lr and eps only (default betas), as the original
+        self.optimizer = build_optimizer("adamw", param_groups(self.model, cfg.weight_decay), cfg.learning_rate,
+                                         cfg.adam_epsilon)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.warmup_steps, self.total_updates)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, what="ADORE training step")
         self.global_step = 0
         if resume:
             self._load_state(resume)
         threads = min(int(cfg.faiss_omp_num_threads), dindex.usable_cpus())
         logger.info("frozen index: %d passages x %d dims", self.pembed.shape[0], self.pembed.shape[1])
-        self.index = dindex.build_index(self.pembed, gpus=cfg.faiss_gpu_index, omp_threads=threads)
+        self.index = dindex.build_index(FiniteCheckedRows(self.pembed, cfg.pembed_path), gpus=cfg.faiss_gpu_index,
+                                        omp_threads=threads)
         self.writer = None
 
     # ------------------------------------------------------------------ state
     def _save(self, name: str) -> str:
         path = os.path.join(self.cfg.model_save_dir, name)
+        check_model_finite(self.model, f"ADORE model at step {self.global_step} (not saved as {path})")
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(tmp, tokenizer_dir=self.tokenizer_dir)
+            _save_pause(name)
             sd = os.path.join(tmp, STATE_DIR)
             os.makedirs(sd)
             torch.save(self.optimizer.state_dict(), os.path.join(sd, "optimizer.pt"))
@@ -180,39 +384,54 @@ class AdoreTrainer:
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, os.path.join(sd, "rng.pt"))
             with open(os.path.join(sd, "state.json"), "w", encoding="utf-8") as f:
-                json.dump({"global_step": self.global_step, "config": asdict(self.cfg)}, f, indent=1)
+                json.dump({"global_step": self.global_step, "config": asdict(self.cfg),
+                           "paths": {k: _abs(getattr(self.cfg, k)) for k in PATH_FIELDS},
+                           "nonfinite": self.guard.state_dict()}, f, indent=1)
+            write_checksums(tmp)  # last: a folder without it is not a finished save
         logger.info("saved %s", path)
         return path
 
     def _load_state(self, path: str) -> None:
         sd = os.path.join(path, STATE_DIR)
-        if not os.path.exists(os.path.join(sd, "state.json")):
-            raise DataError(f"{path}: not a resumable ADORE checkpoint (no {STATE_DIR}/state.json)")
-        with open(os.path.join(sd, "state.json"), encoding="utf-8") as f:
-            self.global_step = int(json.load(f)["global_step"])
-        self.optimizer.load_state_dict(torch.load(os.path.join(sd, "optimizer.pt"), weights_only=True,
-                                                  map_location=self.device))
-        self.scheduler.load_state_dict(torch.load(os.path.join(sd, "scheduler.pt"), weights_only=True))
-        rng = torch.load(os.path.join(sd, "rng.pt"), weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        state = _read_state(path)
+        self.global_step = int(state["global_step"])
+        self.guard.load_state_dict(state.get("nonfinite") or {})
+        name = ""
+        try:
+            name = os.path.join(sd, "optimizer.pt")
+            self.optimizer.load_state_dict(torch.load(name, weights_only=True, map_location=self.device))
+            name = os.path.join(sd, "scheduler.pt")
+            self.scheduler.load_state_dict(torch.load(name, weights_only=True))
+            name = os.path.join(sd, "rng.pt")
+            rng = torch.load(name, weights_only=True)
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{name}: cannot be resumed from ({first})") from None
         logger.info("resuming from %s at step %d", path, self.global_step)
 
-    def _log(self, scalars: Dict[str, float]) -> None:
+    def _log(self, scalars: Dict[str, float], step: Optional[int] = None) -> None:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.cfg.log_dir, time.strftime("%b-%d_%H-%M-%S")))
         for k, v in scalars.items():
-            self.writer.add_scalar(k, v, self.global_step)
+            self.writer.add_scalar(k, v, self.global_step if step is None else step)
         self.writer.flush()
 
     # ------------------------------------------------------------------ training
     def step_loss(self, qoffsets: Sequence[int], ids: torch.Tensor, mask: torch.Tensor):
-        """Forward of one batch: (loss, mrr@10, recall@10)."""
+        """Forward of one batch: (loss, mrr@10, recall@10); loss None when a query embedding is not finite.
+
+        faiss returns id -1 for a NaN query, so such a batch would have empty
+        candidate lists and a finite-looking loss: it is reported instead.
+        """
         q_emb = self.model(ids.to(self.device), mask.to(self.device))  # (B, D)
-        _, retrieved = dindex.search(self.index, q_emb.detach().float().cpu().numpy(), self.cfg.neg_topk,
-                                     progress=False)  # (B, K)
+        queries = q_emb.detach().float().cpu().numpy()  # (B, D)
+        if not np.isfinite(queries).all():
+            return None, 0.0, 0.0
+        _, retrieved = dindex.search(self.index, queries, self.cfg.neg_topk, progress=False)  # (B, K)
         rel_lists = [self.dataset.rels[q] for q in qoffsets]
         cand_ids, labels, valid = build_adore_lists(retrieved, rel_lists)  # (B, M) each
         cand_emb = gather_candidate_embeddings(self.pembed, cand_ids, valid).to(self.device)  # (B, M, D)
@@ -220,73 +439,121 @@ class AdoreTrainer:
         mrr, recall = adore_batch_metrics(retrieved, rel_lists)
         return loss, mrr, recall
 
-    def train(self) -> List[dict]:
+    def _skip_nonfinite(self, problem: Optional[str], step: int) -> bool:
+        """The one decision on update ``step``: True = skip it (something was not finite).
+
+        ``problem`` is this process's finding (None = all finite).  A
+        distributed version all-reduces the finiteness flag here (MIN over
+        ranks) so every rank skips the same steps.  Raises ``NonFiniteError``
+        after ``max_nonfinite_steps`` skipped steps in a row.
+        """
+        skip = self.guard.update(problem is None, step, problem)
+        if skip:
+            self._log({"train/nonfinite_steps": self.guard.skipped}, step)
+        return skip
+
+    def _grad_problem(self) -> Optional[str]:
+        """Clip the accumulated gradients (``max_grad_norm`` > 0); a problem string when their norm is not finite."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return None
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not bool(torch.isfinite(norm)):
+            return f"gradient norm {norm.item()}"
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, norm)
+        return None
+
+    def _train_epoch(self, epoch: int, logged: Dict[str, float], bar) -> Dict[str, float]:
+        """Updates of ``epoch`` from ``global_step`` on; returns the epoch's summed loss/metrics and count."""
         cfg = self.cfg
-        os.makedirs(cfg.model_save_dir, exist_ok=True)
         ga = cfg.gradient_accumulation_steps
-        epochs = math.ceil(self.total_updates / self.updates_per_epoch)
-        start_epoch = self.global_step // self.updates_per_epoch
-        hist_path = os.path.join(cfg.model_save_dir, "train_history.json")
-        history: List[dict] = []
-        if self.global_step and os.path.exists(hist_path):  # a resumed run keeps the epochs before it
-            with open(hist_path, encoding="utf-8") as f:
-                history = [r for r in json.load(f) if r["epoch"] <= start_epoch]
-        if self.global_step and self.global_step % self.updates_per_epoch == 0 and \
-                not os.path.isdir(os.path.join(cfg.model_save_dir, f"epoch-{start_epoch}")):
-            self._save(f"epoch-{start_epoch}")  # killed between the step's ckpt and the epoch's save
-        self.model.train()
-        logged = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
-        bar = tqdm(total=self.total_updates, initial=self.global_step, desc="ADORE", unit="step")
-        for epoch in range(start_epoch, epochs):
-            self.sampler.set_epoch(epoch)
-            skip = (self.global_step - epoch * self.updates_per_epoch) * ga
-            ep = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
-            self.optimizer.zero_grad(set_to_none=True)
-            for b, (qoffsets, ids, mask) in enumerate(self.loader):
-                if b < skip:
-                    continue
-                if b >= self.updates_per_epoch * ga or self.global_step >= self.total_updates:
-                    break
-                loss, mrr, recall = self.step_loss(qoffsets, ids, mask)
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"ADORE loss is {loss.item()} at step {self.global_step + 1}: stopping")
+        self.sampler.set_epoch(epoch)
+        skip = (self.global_step - epoch * self.updates_per_epoch) * ga
+        ep = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
+        self.optimizer.zero_grad(set_to_none=True)
+        problem: Optional[str] = None  # what was not finite in this update's micro-batches
+        for b, (qoffsets, ids, mask) in enumerate(self.loader):
+            if b < skip:
+                continue
+            if b >= self.updates_per_epoch * ga or self.global_step >= self.total_updates:
+                break
+            loss, mrr, recall = self.step_loss(qoffsets, ids, mask)
+            if loss is None:
+                problem = problem or "query embeddings hold NaN or inf"
+            elif not bool(torch.isfinite(loss.detach())):
+                problem = problem or f"loss {loss.item()}"
+            elif problem is None:
                 (loss / ga).backward()
                 for acc in (logged, ep):
                     acc["loss"] += loss.item()
                     acc["mrr"] += mrr
                     acc["recall"] += recall
                     acc["n"] += 1
-                if (b + 1) % ga:
-                    continue
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            if (b + 1) % ga:
+                continue
+            if problem is None:
+                problem = self._grad_problem()
+            if not self._skip_nonfinite(problem, self.global_step + 1):
                 self.optimizer.step()
                 self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
-                bar.update(1)
-                if cfg.logging_steps > 0 and self.global_step % cfg.logging_steps == 0:
-                    n = logged["n"]
-                    self._log({"lr": self.scheduler.get_last_lr()[0], "train/all_loss": logged["loss"] / n,
-                               "train/mrr_10": logged["mrr"] / n, "train/recall_10": logged["recall"] / n})
+            self.optimizer.zero_grad(set_to_none=True)
+            problem = None
+            self.global_step += 1
+            bar.update(1)
+            if cfg.logging_steps > 0 and self.global_step % cfg.logging_steps == 0:
+                n = logged["n"]
+                scalars = {"lr": self.scheduler.get_last_lr()[0], "train/nonfinite_steps": self.guard.skipped}
+                if n:
+                    scalars.update({"train/all_loss": logged["loss"] / n, "train/mrr_10": logged["mrr"] / n,
+                                    "train/recall_10": logged["recall"] / n})
                     bar.set_postfix(loss=f"{logged['loss'] / n:.4f}", mrr10=f"{logged['mrr'] / n:.3f}")
-                    logged = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
-                if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
-                    self._save(f"ckpt-{self.global_step}")
-            if ep["n"]:
-                row = {"epoch": epoch + 1, "step": self.global_step, "loss": ep["loss"] / ep["n"],
-                       "train_mrr_10": ep["mrr"] / ep["n"], "train_recall_10": ep["recall"] / ep["n"]}
-                history.append(row)
-                with atomic_write(hist_path) as f:
-                    json.dump(history, f, indent=1)
-                logger.info("epoch %d: loss %.4f, train MRR@10 %.4f, R@10 %.4f (retrieved with the encoder as "
-                            "it was at each step)", row["epoch"], row["loss"], row["train_mrr_10"],
-                            row["train_recall_10"])
-            if self.global_step >= (epoch + 1) * self.updates_per_epoch or self.global_step >= self.total_updates:
-                self._save(f"epoch-{epoch + 1}")
-            if self.global_step >= self.total_updates:
-                break
-        bar.close()
-        if self.writer is not None:
-            self.writer.close()
+                self._log(scalars)
+                logged.update(loss=0.0, mrr=0.0, recall=0.0, n=0)
+            if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
+                self._save(f"ckpt-{self.global_step}")
+        return ep
+
+    def train(self) -> List[dict]:
+        cfg = self.cfg
+        os.makedirs(cfg.model_save_dir, exist_ok=True)
+        epochs = math.ceil(self.total_updates / self.updates_per_epoch)
+        start_epoch = self.global_step // self.updates_per_epoch
+        hist_path = os.path.join(cfg.model_save_dir, "train_history.json")
+        history: List[dict] = []
+        if self.global_step and os.path.exists(hist_path):  # a resumed run keeps the epochs before it
+            try:
+                with open(hist_path, encoding="utf-8") as f:
+                    history = [r for r in json.load(f) if r["epoch"] <= start_epoch]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{hist_path}: not a training history ({e})") from None
+        if self.global_step and self.global_step % self.updates_per_epoch == 0 and \
+                not os.path.isdir(os.path.join(cfg.model_save_dir, f"epoch-{start_epoch}")):
+            self._save(f"epoch-{start_epoch}")  # killed between the step's ckpt and the epoch's save
+        self.model.train()
+        logged = {"loss": 0.0, "mrr": 0.0, "recall": 0.0, "n": 0}
+        bar = tqdm(total=self.total_updates, initial=self.global_step, desc="ADORE", unit="step")
+        try:
+            for epoch in range(start_epoch, epochs):
+                ep = self._train_epoch(epoch, logged, bar)
+                if ep["n"]:
+                    row = {"epoch": epoch + 1, "step": self.global_step, "loss": ep["loss"] / ep["n"],
+                           "train_mrr_10": ep["mrr"] / ep["n"], "train_recall_10": ep["recall"] / ep["n"]}
+                    history.append(row)
+                    with atomic_write(hist_path) as f:
+                        json.dump(history, f, indent=1)
+                    logger.info("epoch %d: loss %.4f, train MRR@10 %.4f, R@10 %.4f (retrieved with the encoder as "
+                                "it was at each step)", row["epoch"], row["loss"], row["train_mrr_10"],
+                                row["train_recall_10"])
+                if self.global_step >= (epoch + 1) * self.updates_per_epoch or self.global_step >= self.total_updates:
+                    self._save(f"epoch-{epoch + 1}")
+                if self.global_step >= self.total_updates:
+                    break
+        finally:  # an error message then starts on a line of its own
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+        if self.guard.skipped:
+            logger.warning("%d non-finite steps were skipped in all", self.guard.skipped)
         return history
