@@ -34,7 +34,7 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -201,7 +201,7 @@ def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
 class RowSource:
     """Rows of an embedding matrix, yielded as float32 chunks (C, D) that reuse a fixed set of buffers.
 
-    A file (a path, or a ``np.memmap`` opened on a whole file region) is read with ``pread`` by a background
+    A file (a path, or a ``np.memmap`` or contiguous view of one, see ``memmap_region``) is read with ``pread`` by a background
     thread one chunk ahead, into two alternating float32 buffers (fp16 rows go through one staging buffer and
     are widened there), so resident memory is about ``2 x chunk`` whatever the file size.  An in-memory array
     is sliced (float32 rows are yielded without a copy).  Each chunk is checked for NaN/inf when ``check_finite``.
@@ -213,9 +213,10 @@ class RowSource:
         self.array: Optional[np.ndarray] = None
         self.path: Optional[str] = None
         self.offset = 0
-        if isinstance(path_or_array, np.memmap) and _whole_mapping(path_or_array):
+        region = memmap_region(path_or_array) if isinstance(path_or_array, np.ndarray) else None
+        if region is not None:  # read the memmap's rows from its file instead of paging them in
             a = path_or_array
-            self.path, self.offset, self.dtype = str(a.filename), int(a.offset), _check_dtype(a.dtype)
+            (self.path, self.offset), self.dtype = region, _check_dtype(a.dtype)
             self.rows, self.dim = int(a.shape[0]), int(a.shape[1])
         elif isinstance(path_or_array, np.ndarray):
             a = path_or_array
@@ -314,12 +315,25 @@ class RowSource:
             os.close(fd)
 
 
-def _whole_mapping(a: np.memmap) -> bool:
-    """True for a 2-D C-ordered ``np.memmap`` as ``np.memmap(...)`` returned it (not a slice or view of one),
-    whose file region is therefore ``offset .. offset + nbytes``."""
+def memmap_region(a: np.ndarray) -> Optional[Tuple[str, int]]:
+    """``(file, byte offset of row 0)`` when ``a`` is a C-contiguous 2-D ``np.memmap`` or a contiguous view of
+    one (a row slice, a reshape), so its rows can be read from the file; None otherwise.
+
+    A view's ``offset`` attribute is its parent's, so the position comes from addresses: numpy maps the file
+    from ``offset`` rounded down to ``mmap.ALLOCATIONGRANULARITY``.
+    """
     import mmap
-    return (getattr(a, "filename", None) is not None and isinstance(a.base, mmap.mmap) and a.ndim == 2
-            and a.flags.c_contiguous)
+    if not isinstance(a, np.memmap) or a.ndim != 2 or not a.flags.c_contiguous or a.size == 0:
+        return None
+    root = a
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base
+    if not isinstance(root, np.memmap) or getattr(root, "filename", None) is None:
+        return None
+    mapping = root.base
+    mapped_from = int(root.offset) - int(root.offset) % mmap.ALLOCATIONGRANULARITY
+    first_byte = np.frombuffer(mapping, dtype=np.uint8).ctypes.data  # address of the mapping's first byte
+    return str(root.filename), mapped_from + (a.ctypes.data - first_byte)
 
 
 # --------------------------------------------------------------------------- streamed search
@@ -373,25 +387,36 @@ def search_memmap(path_or_array: ArrayOrPath, queries, k: int, chunk_rows: Optio
     chunk_rows = max(1, min(chunk_rows, max(1, src.rows)))
     logger.info("exact search: %d queries x %d rows (dim %d, %s, %s), k %d, chunks of %d rows, query batch %d",
                 nq, src.rows, dim, src.dtype, src.where, k, chunk_rows, qb)
-    blocks = [(q0, RunningTopK(min(qb, nq - q0), k)) for q0 in range(0, nq, qb)]
-    score_buf = torch.empty(qb * chunk_rows, dtype=torch.float32)  # reused (query batch x chunk) score matrix
-    if nq:
-        with tqdm(total=src.rows, desc="search", unit="row", unit_scale=True, disable=not progress) as bar:
-            for start, chunk in src.chunks(chunk_rows):
-                x = _chunk_tensor(chunk)  # (C, D) float32, no copy
-                c = x.shape[0]
-                for q0, block in blocks:
-                    b = block.scores.shape[0]
-                    s = score_buf[:b * c].view(b, c)  # (b, C)
-                    torch.mm(q[q0:q0 + b], x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
-                    block.add(s, start)
-                bar.update(c)
-    scores = np.empty((nq, k), np.float32)
-    ids = np.empty((nq, k), np.int64)
-    for q0, block in blocks:
-        s, i = block.result()  # (b, k)
-        scores[q0:q0 + len(s)], ids[q0:q0 + len(s)] = s.numpy(), i.numpy()
-    return scores, ids
+    with tqdm(total=src.rows, desc="search", unit="row", unit_scale=True, disable=not progress or not nq) as bar:
+        chunks = ((start, _chunk_tensor(chunk)) for start, chunk in src.chunks(chunk_rows))  # (C, D) no copy
+        s, i = score_chunks(q, chunks, k, qb, chunk_rows, on_chunk=bar.update)  # (Q, k)
+    return s.numpy(), i.numpy()
+
+
+def score_chunks(q: torch.Tensor, chunks: Iterable[Tuple[int, torch.Tensor]], k: int, query_batch: int,
+                 chunk_rows: int, on_chunk: Optional[Callable[[int], object]] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The exact top-``k`` of queries ``q`` (Q, D) float32 over ``(first_row, rows (C <= chunk_rows, D) float32)``
+    chunks on ``q``'s device: each chunk is scored against ``query_batch`` queries at a time into one reused
+    (query_batch, chunk_rows) score buffer and folded into a ``RunningTopK`` per query batch.  The one scoring
+    loop of ``search_memmap`` and ``TorchFlatIndex.search``; every chunk is visited once."""
+    nq = q.shape[0]
+    blocks = [(q0, RunningTopK(min(query_batch, nq - q0), k, q.device)) for q0 in range(0, nq, query_batch)]
+    score_buf = torch.empty(min(query_batch, nq) * chunk_rows, dtype=torch.float32, device=q.device)  # (b x C)
+    for start, x in (chunks if nq else ()):
+        c = x.shape[0]
+        for q0, block in blocks:
+            b = block.scores.shape[0]
+            s = score_buf[:b * c].view(b, c)  # (b, C)
+            torch.mm(q[q0:q0 + b], x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
+            block.add(s, start)
+        if on_chunk is not None:
+            on_chunk(c)
+    if not blocks:
+        return (torch.empty((0, k), dtype=torch.float32, device=q.device),
+                torch.empty((0, k), dtype=torch.int64, device=q.device))
+    results = [block.result() for _, block in blocks]  # (b, k) each
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
 
 # --------------------------------------------------------------------------- flat index on a torch device
@@ -475,27 +500,12 @@ class TorchFlatIndex:
         qb = max(1, min(int(query_batch), max(1, nq)))
         chunk_rows = self.chunk_rows or device_chunk_rows(self.device, self.d, self.dtype, qb)
         chunk_rows = max(1, min(chunk_rows, max(1, self.ntotal)))
-        # Reused temporaries (fresh large CPU allocations cost page faults on every chunk).
-        score_buf = torch.empty(qb * chunk_rows, dtype=torch.float32, device=self.device)  # (b x C) scores
+        return score_chunks(q, self._chunks(chunk_rows), k, qb, chunk_rows)  # (Q, k) on the device
+
+    def _chunks(self, chunk_rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
+        """``(first_row, rows (C, D) float32)``: views of fp32 storage; fp16 rows widened into one reused buffer."""
         wide = (None if self.dtype == torch.float32
                 else torch.empty((chunk_rows, self.d), dtype=torch.float32, device=self.device))  # (C, D)
-        out_s, out_i = [], []
-        for q0 in range(0, nq, qb):
-            qq = q[q0:q0 + qb]  # (b, D)
-            b = qq.shape[0]
-            block = RunningTopK(b, k, self.device)
-            for start in range(0, self.ntotal, chunk_rows):
-                x = self.x[start:start + chunk_rows]  # (C, D) storage dtype
-                c = x.shape[0]
-                if wide is not None:
-                    x = wide[:c].copy_(x)  # (C, D) fp16 -> fp32, exact
-                s = score_buf[:b * c].view(b, c)  # (b, C)
-                torch.mm(qq, x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
-                block.add(s, start)
-            s, i = block.result()  # (b, k)
-            out_s.append(s)
-            out_i.append(i)
-        if not out_s:
-            return (torch.empty((0, k), dtype=torch.float32, device=self.device),
-                    torch.empty((0, k), dtype=torch.int64, device=self.device))
-        return torch.cat(out_s), torch.cat(out_i)
+        for start in range(0, self.ntotal, chunk_rows):
+            x = self.x[start:start + chunk_rows]  # (C, D) storage dtype
+            yield start, (x if wide is None else wide[:x.shape[0]].copy_(x))  # fp16 -> fp32 is exact

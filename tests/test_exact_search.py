@@ -111,6 +111,10 @@ def test_k_larger_than_n_pads_like_faiss(tmp_path):
     np.testing.assert_array_equal(got[1][:, 5:], fi[:, 5:])  # -1 fillers
     np.testing.assert_array_equal(got[0][:, 5:], fs[:, 5:])  # faiss' filler score
     assert (got[1][:, 5:] == -1).all() and (got[1][:, :5] >= 0).all()
+    empty = write_file(tmp_path / "empty.bin", x[:0], np.float32)  # no rows at all: only fillers
+    assert_exact(es.search_memmap(empty, q, 3, progress=False), reference(x[:0], q, 3))
+    s, i = es.TorchFlatIndex(x[:0]).search(q, 3)
+    assert_exact((s.numpy(), i.numpy()), reference(x[:0], q, 3))
 
 
 def test_single_query_and_single_row(tmp_path):
@@ -142,21 +146,26 @@ def test_fp16_file_with_ties_is_exact(tmp_path):
                  reference(x, q, 30))
 
 
-def test_memmaps_are_streamed_from_their_file_region(tmp_path):
+def test_memmaps_and_their_views_are_streamed_from_their_file_region(tmp_path):
     x, q = int_data()
     path = tmp_path / "x.bin"
-    header = b"H" * 64  # rows after a 64-byte prefix: the memmap's offset must be honoured
+    header = b"H" * 5000  # rows after a prefix that is not page aligned: the memmap's offset must be honoured
     with open(path, "wb") as f:
         f.write(header)
         f.write(x.tobytes())
     m = np.memmap(path, dtype=np.float32, mode="r", offset=len(header), shape=x.shape)
-    assert es._whole_mapping(m)
+    row = x.shape[1] * 4
+    assert es.memmap_region(m) == (str(path), len(header))
     want = reference(x, q, 20)
     assert_exact(es.search_memmap(m, q, 20, chunk_rows=100, progress=False), want)
-    # a slice of a memmap is not a whole file region: searched as an array
-    part = m[100:700]
-    assert not es._whole_mapping(part)
+    part = m[100:700]  # a view keeps its parent's .offset attribute: the region comes from addresses
+    assert es.memmap_region(part) == (str(path), len(header) + 100 * row)
     assert_exact(es.search_memmap(part, q, 20, chunk_rows=64, progress=False), reference(x[100:700], q, 20))
+    flat = np.memmap(path, dtype=np.float32, mode="r", offset=len(header))
+    assert es.memmap_region(flat.reshape(-1, x.shape[1])[7:]) == (str(path), len(header) + 7 * row)
+    assert es.memmap_region(m[:, :4]) is None  # not contiguous: searched as an array
+    assert_exact(es.search_memmap(m[:, :4], q[:, :4], 20, progress=False), reference(x[:, :4], q[:, :4], 20))
+    assert es.memmap_region(np.asarray(x)) is None
     m16 = np.memmap(write_file(tmp_path / "x16.bin", x, np.float16), dtype=np.float16, mode="r", shape=x.shape)
     assert_exact(es.search_memmap(m16, q, 20, chunk_rows=100, progress=False), want)
 
