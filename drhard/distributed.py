@@ -24,7 +24,10 @@ Pieces:
   different number of rows), :func:`all_gather_no_grad`,
   :func:`all_gather_objects`;
 * sharding: :func:`shard_range` (this rank's contiguous slice of n rows) and
-  :class:`ShardedBatchSampler` (this rank's share of each global batch).
+  :class:`ShardedBatchSampler` (this rank's share of each global batch);
+* without torchrun: :func:`run_local_ranks` starts W processes on this machine
+  with torchrun's variables set and returns what a function returned in each
+  (the self-check, the DDP benchmark).
 
 Every collective here must be called by every rank, in the same order (that is
 what a collective is); each function says so where it is not obvious.
@@ -34,8 +37,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import queue
+import socket
+import time
+import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -50,7 +57,7 @@ __all__ = [
     "rank", "world_size", "local_rank", "is_distributed", "is_main_process", "is_local_main_process",
     "barrier", "broadcast_object", "all_reduce_sum", "all_reduce_any",
     "gather_sizes", "all_gather_with_grad", "all_gather_no_grad", "all_gather_objects",
-    "shard_range", "ShardedBatchSampler",
+    "shard_range", "ShardedBatchSampler", "free_port", "run_local_ranks",
 ]
 
 DEVICE_PREFERENCES = ("auto", "cuda", "cpu")
@@ -59,6 +66,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 class DistributedError(DrhardError, RuntimeError):
     """A launch the user can fix: inconsistent torchrun variables, more processes than GPUs."""
+
+    details: str = ""  # a failed rank's traceback (run_local_ranks)
 
 
 # --------------------------------------------------------------------------- environment
@@ -426,3 +435,94 @@ class ShardedBatchSampler(Sampler):
             return n
         last = len(self.batch_sampler.sampler) - (n - 1) * batch_size  # size of the last global batch
         return n - (1 if last < self.world else 0)
+
+
+# --------------------------------------------------------------------------- W local processes without torchrun
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now (for a rendezvous on this machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _local_rank_main(rank_: int, world: int, port: int, device_preference: str, collective_timeout_s: float,
+                     extra_env: Dict[str, str], fn: Callable, args: tuple, results) -> None:
+    """Body of one process of :func:`run_local_ranks`: torchrun's variables, join, ``fn(*args)``, leave."""
+    os.environ.update(RANK=str(rank_), WORLD_SIZE=str(world), LOCAL_RANK=str(rank_),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(extra_env)
+    try:
+        init_distributed(device_preference, timeout_s=collective_timeout_s)
+        out = fn(*args)
+        results.put((rank_, True, out))
+    except BaseException:  # noqa: BLE001 - sent to the parent, which reports it
+        results.put((rank_, False, traceback.format_exc()))
+    finally:
+        try:
+            destroy_distributed()
+        except Exception:  # noqa: BLE001 - leaving a broken group must not hide the result
+            pass
+
+
+def run_local_ranks(fn: Callable, world: int, args: Sequence[Any] = (), device_preference: str = "cpu",
+                    timeout_s: float = 300.0, collective_timeout_s: float = 120.0,
+                    extra_env: Optional[Mapping[str, str]] = None) -> List[Any]:
+    """Run ``fn(*args)`` in ``world`` fresh processes of this machine joined as ranks 0..world-1; their results.
+
+    Each process gets torchrun's variables (rendezvous on a free local port),
+    calls :func:`init_distributed` with ``device_preference`` (``cpu``: gloo;
+    ``cuda``: GPU ``rank`` with NCCL), then ``fn(*args)``, and leaves the group.
+    ``world=1`` runs one process without a group, as torchrun would.  ``fn``
+    and ``args`` must be picklable (``fn`` a module-level function) and so must
+    its result.  Processes are started with ``spawn`` (CUDA cannot be forked).
+
+    Returns the W results in rank order.  A rank that raises, dies, or a run
+    longer than ``timeout_s`` (imports included) ends every rank and raises
+    :class:`DistributedError` naming the rank; the rank's traceback is in the
+    error's ``details``.  ``extra_env`` is set in every process first.
+    """
+    import torch.multiprocessing as mp
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    env = {str(k): str(v) for k, v in (extra_env or {}).items()}
+    procs = [ctx.Process(target=_local_rank_main, daemon=True,
+                         args=(r, world, port, device_preference, collective_timeout_s, env, fn, tuple(args),
+                               results)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out: List[Any] = [None] * world
+    pending = set(range(world))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending:
+            try:
+                r, ok, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                dead = sorted(r for r in pending if procs[r].exitcode is not None)
+                if dead:
+                    raise DistributedError(f"rank {dead[0]} of {world} died (exit code {procs[dead[0]].exitcode}) "
+                                           "before returning a result") from None
+                if time.monotonic() > deadline:
+                    raise DistributedError(f"ranks {sorted(pending)} of {world} gave no result within "
+                                           f"{timeout_s:.0f} s") from None
+                continue
+            if not ok:
+                last = next((ln for ln in reversed(payload.strip().splitlines()) if ln.strip()), "failed")
+                err = DistributedError(f"rank {r} of {world} failed: {last.strip()}")
+                err.details = payload
+                raise err
+            out[r] = payload
+            pending.discard(r)
+    finally:
+        stop = time.monotonic() + 10.0  # leaving the group and exiting is quick once every result is in
+        for p in procs:
+            if pending:
+                p.kill()  # the others may wait in a collective for the one that failed
+            p.join(timeout=max(stop - time.monotonic(), 0.1))
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    return out

@@ -24,3 +24,31 @@ def shared_path(*parts) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped, saying why, where none is usable")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+def _cuda_unusable_reason():
+    """None when torch can use a CUDA GPU, else why not (for the skip message of `gpu` tests)."""
+    import torch
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"needs a CUDA GPU: torch {torch.__version__} is a CPU-only build"
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return ("needs a CUDA GPU: CUDA_VISIBLE_DEVICES is empty (tests/conftest.py hides GPUs unless it is set; "
+                "run e.g. CUDA_VISIBLE_DEVICES=0,1 python -m pytest -m gpu tests/test_gpu.py)")
+    return "needs a CUDA GPU: torch.cuda.is_available() is False (no GPU or no driver visible)"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _cuda_unusable_reason()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,19 +1,19 @@
 """Bodies of the spawned ranks of tests/test_distributed.py, and the inputs both sides build from a seed.
 
-A ``WorkerPool`` starts W processes once (gloo on the CPU, torchrun's
-environment variables set by hand, ``drhard.distributed.init_distributed``)
-and runs named scenarios in all of them at once; each scenario returns plain
-numpy data to the test process, which computes the single-process reference
-itself.  A failed rank breaks the pool: its traceback is raised in the test and
-the next test starts a fresh pool (the other ranks may be stuck in a
-collective).
+A ``WorkerPool`` starts W processes once (gloo on the CPU, or NCCL with one
+GPU per rank for ``device="cuda"``; torchrun's environment variables set by
+hand, ``drhard.distributed.init_distributed``) and runs named scenarios in all
+of them at once; each scenario returns plain numpy data to the test process,
+which computes the single-process reference itself (``reference_dense``,
+``reference_adore``: one plain process).  A failed rank breaks the pool: its
+traceback is raised in the test and the next test starts a fresh pool (the
+other ranks may be stuck in a collective).
 """
 from __future__ import annotations
 
 import os
 import queue
 import random
-import socket
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence
@@ -141,12 +141,67 @@ def adore_tensors(data: dict, rows: slice) -> dict:
 
 
 def grads_of(model) -> Dict[str, np.ndarray]:
-    return {n: (p.grad.detach().double().numpy().copy() if p.grad is not None else None)
+    return {n: (p.grad.detach().double().cpu().numpy().copy() if p.grad is not None else None)
             for n, p in model.named_parameters()}
 
 
 def params_of(model) -> Dict[str, np.ndarray]:
-    return {n: p.detach().double().numpy().copy() for n, p in model.named_parameters()}
+    return {n: p.detach().double().cpu().numpy().copy() for n, p in model.named_parameters()}
+
+
+# --------------------------------------------------------------------------- references (one plain process)
+def reference_dense(negative_type, B, seed, steps=1, optimizer=None, lr=1e-3, shares=None):
+    """One plain process.  ``shares=None``: the loss of the global batch; ``shares=W``: the mean of the
+    W losses of the shares, each with its own masks (what W independent processes would compute)."""
+    from drhard import distributed as dd
+    from drhard import losses
+    model = make_model()
+    opt = make_optimizer(model, optimizer, lr) if optimizer else None
+    out = {"loss": [], "grads": None}
+    for step in range(steps):
+        batch = make_batch(B, seed + step)
+        parts = [slice(0, B)] if shares is None else [dd.shard_range(B, r, shares) for r in range(shares)]
+        total = 0.0
+        for rows in parts:
+            t = batch_tensors(batch, rows)
+            q = model(t["query_ids"], t["query_mask"])
+            d = model(t["doc_ids"], t["doc_mask"])
+            if negative_type == "inbatch":
+                part = losses.inbatch_loss(q, d, t["rel_pair_mask"])
+            else:
+                n = model(t["neg_ids"], t["neg_mask"])
+                if negative_type == "star":
+                    part = losses.star_loss(q, d, n, t["rel_pair_mask"], t["neg_pair_mask"])
+                else:
+                    part = losses.randneg_loss(q, d, n, t["neg_pair_mask"])
+            total = total + part
+        loss = total / len(parts)
+        loss.backward()
+        if out["grads"] is None:
+            out["grads"] = grads_of(model)
+        out["loss"].append(loss.item())
+        if opt is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    out["params"] = params_of(model)
+    return out
+
+
+def reference_adore(B, seed, shares=None):
+    from drhard import distributed as dd
+    from drhard import losses
+    model = make_model()
+    data = make_adore(B, seed)
+    parts = [slice(0, B)] if shares is None else [dd.shard_range(B, r, shares) for r in range(shares)]
+    total = 0.0
+    for rows in parts:
+        t = adore_tensors(data, rows)
+        q = model(t["ids"], t["mask"])
+        total = total + losses.adore_loss(q, t["cand"], t["labels"], t["valid"], None)
+    loss = total / len(parts)
+    loss.backward()
+    return {"loss": loss.item(), "grads": grads_of(model)}
 
 
 # --------------------------------------------------------------------------- scenarios (inside the ranks)
@@ -198,14 +253,15 @@ def scenario_dense(negative_type: str, scope: str, B: int, seed: int, steps: int
 
     from drhard import distributed as dd
     from drhard import losses
-    model = make_model(checkpointing=checkpointing)
-    ddp = DDP(model, find_unused_parameters=False)
+    device = dd.init_distributed()  # joined already: this rank's device (cpu with gloo, cuda:<rank> with NCCL)
+    model = make_model(checkpointing=checkpointing).to(device)
+    ddp = DDP(model, device_ids=_device_ids(device), find_unused_parameters=False)
     opt = make_optimizer(model, optimizer, lr) if optimizer else None
     out = {"loss": [], "grads": None, "rows": None}
     for step in range(steps):
         batch = make_batch(B, seed + step)
         rows = dd.shard_range(B, dd.rank(), dd.world_size())
-        inputs = batch_tensors(batch, rows)
+        inputs = {k: v.to(device) for k, v in batch_tensors(batch, rows).items()}
         q = ddp(inputs["query_ids"], inputs["query_mask"])  # (b, D)
         d = ddp(inputs["doc_ids"], inputs["doc_mask"])  # (b, D)
         n = ddp(inputs["neg_ids"], inputs["neg_mask"]) if negative_type != "inbatch" else None  # (b*h, D)
@@ -229,14 +285,27 @@ def scenario_adore(scope: str, B: int, seed: int) -> dict:
 
     from drhard import distributed as dd
     from drhard import losses
-    model = make_model()
-    ddp = DDP(model, find_unused_parameters=False)
+    device = dd.init_distributed()
+    model = make_model().to(device)
+    ddp = DDP(model, device_ids=_device_ids(device), find_unused_parameters=False)
     data = make_adore(B, seed)
-    t = adore_tensors(data, dd.shard_range(B, dd.rank(), dd.world_size()))
+    t = {k: v.to(device) for k, v in adore_tensors(data, dd.shard_range(B, dd.rank(), dd.world_size())).items()}
     q = ddp(t["ids"], t["mask"])  # (b, D)
     loss = losses.adore_training_loss(q, t["cand"], t["labels"], t["valid"], None, scope=scope)
     loss.backward()
     return {"loss": loss.item(), "grads": grads_of(model)}
+
+
+def _device_ids(device: torch.device):
+    return [device.index] if device.type == "cuda" else None
+
+
+def rank_sum_or_fail(fail_rank: int) -> tuple:
+    """For ``run_local_ranks``: (rank, world, sum of ranks+1); rank ``fail_rank`` raises while the others wait."""
+    from drhard import distributed as dd
+    if dd.rank() == fail_rank:
+        raise ValueError(f"rank {fail_rank} gives up")
+    return dd.rank(), dd.world_size(), dd.all_reduce_sum(dd.rank() + 1)
 
 
 SCENARIOS = {"collectives": scenario_collectives, "gather": scenario_gather, "dense": scenario_dense,
@@ -244,14 +313,15 @@ SCENARIOS = {"collectives": scenario_collectives, "gather": scenario_gather, "de
 
 
 # --------------------------------------------------------------------------- the pool
-def _worker_main(rank: int, world: int, port: int, tasks, results) -> None:
+def _worker_main(rank: int, world: int, port: int, tasks, results, device: str = "cpu") -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="",
-                      HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(1)
     try:
         from drhard import distributed as dd
-        dd.init_distributed("cpu", timeout_s=COLLECTIVE_TIMEOUT_S)
+        dd.init_distributed(device, timeout_s=COLLECTIVE_TIMEOUT_S)
         results.put((rank, True, "ready"))
     except BaseException:  # noqa: BLE001 - reported to the test
         results.put((rank, False, traceback.format_exc()))
@@ -268,24 +338,22 @@ def _worker_main(rank: int, world: int, port: int, tasks, results) -> None:
     dd.destroy_distributed()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class WorkerPool:
-    """W spawned ranks that run scenarios on request (started once, reused by many tests)."""
+    """W spawned ranks that run scenarios on request (started once, reused by many tests).
 
-    def __init__(self, world: int):
+    ``device="cpu"``: gloo, GPUs hidden; ``device="cuda"``: NCCL, rank r on GPU r.
+    """
+
+    def __init__(self, world: int, device: str = "cpu"):
         import torch.multiprocessing as mp
         ctx = mp.get_context("spawn")
         self.world = world
         self.broken = False
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(world)]
+        from drhard.distributed import free_port
         port = free_port()
-        self.procs = [ctx.Process(target=_worker_main, args=(r, world, port, self.tasks[r], self.results),
+        self.procs = [ctx.Process(target=_worker_main, args=(r, world, port, self.tasks[r], self.results, device),
                                   daemon=True) for r in range(world)]
         for p in self.procs:
             p.start()

@@ -7,6 +7,7 @@ DistributedDataParallel and calls it three times per step as the Trainer does
 single-process losses with the collator's position masks, written as loops.
 """
 import random
+import time
 
 import numpy as np
 import pytest
@@ -38,54 +39,8 @@ def pool():
 
 
 # --------------------------------------------------------------------------- references (one process)
-def reference_dense(negative_type, B, seed, steps=1, optimizer=None, lr=1e-3, shares=None):
-    """One plain process.  ``shares=None``: the loss of the global batch; ``shares=W``: the mean of the
-    W losses of the shares, each with its own masks (what W independent processes would compute)."""
-    model = dw.make_model()
-    opt = dw.make_optimizer(model, optimizer, lr) if optimizer else None
-    out = {"loss": [], "grads": None}
-    for step in range(steps):
-        batch = dw.make_batch(B, seed + step)
-        parts = [slice(0, B)] if shares is None else [dd.shard_range(B, r, shares) for r in range(shares)]
-        total = 0.0
-        for rows in parts:
-            t = dw.batch_tensors(batch, rows)
-            q = model(t["query_ids"], t["query_mask"])
-            d = model(t["doc_ids"], t["doc_mask"])
-            if negative_type == "inbatch":
-                part = losses.inbatch_loss(q, d, t["rel_pair_mask"])
-            else:
-                n = model(t["neg_ids"], t["neg_mask"])
-                if negative_type == "star":
-                    part = losses.star_loss(q, d, n, t["rel_pair_mask"], t["neg_pair_mask"])
-                else:
-                    part = losses.randneg_loss(q, d, n, t["neg_pair_mask"])
-            total = total + part
-        loss = total / len(parts)
-        loss.backward()
-        if out["grads"] is None:
-            out["grads"] = dw.grads_of(model)
-        out["loss"].append(loss.item())
-        if opt is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        model.zero_grad(set_to_none=True)
-    out["params"] = dw.params_of(model)
-    return out
-
-
-def reference_adore(B, seed, shares=None):
-    model = dw.make_model()
-    data = dw.make_adore(B, seed)
-    parts = [slice(0, B)] if shares is None else [dd.shard_range(B, r, shares) for r in range(shares)]
-    total = 0.0
-    for rows in parts:
-        t = dw.adore_tensors(data, rows)
-        q = model(t["ids"], t["mask"])
-        total = total + losses.adore_loss(q, t["cand"], t["labels"], t["valid"], None)
-    loss = total / len(parts)
-    loss.backward()
-    return {"loss": loss.item(), "grads": dw.grads_of(model)}
+reference_dense = dw.reference_dense
+reference_adore = dw.reference_adore
 
 
 def compared_after_steps(name: str) -> bool:
@@ -261,6 +216,16 @@ def test_adore_global_in_one_process_equals_adore_loss():
 
 
 # --------------------------------------------------------------------------- W processes: primitives
+def test_run_local_ranks_names_a_failed_rank_and_ends_the_others():
+    """(Its results in rank order are checked by tests/test_selfcheck.py's gloo_ddp row.)"""
+    start = time.monotonic()
+    with pytest.raises(dd.DistributedError, match=r"rank 1 of 2 failed: ValueError: rank 1 gives up") as e:
+        dd.run_local_ranks(dw.rank_sum_or_fail, 2, (1,), timeout_s=120, collective_timeout_s=100)
+    assert "Traceback" in e.value.details
+    assert time.monotonic() - start < 60  # rank 0, waiting in its all-reduce, was ended, not waited for
+
+
+
 def test_collectives_on_three_ranks(pool):
     res = pool(3).run("collectives")
     for r, x in enumerate(res):
