@@ -158,6 +158,7 @@ def test_faiss_index_on_one_gpu_equals_brute_force():
     assert index.ntotal == 4000
     s, i = index_mod.search(index, q, 50, progress=False)
     assert_same_topk(*brute_force(x, q, 50), s, i)
+    assert_same_topk(*index_mod.search(index_mod.build_index(x), q, 50, progress=False), s, i)  # == CPU index
 
 
 def test_faiss_index_sharded_over_two_gpus_equals_brute_force():
@@ -169,6 +170,7 @@ def test_faiss_index_sharded_over_two_gpus_equals_brute_force():
     assert index.ntotal == 4001
     s, i = index_mod.search(index, q, 50, progress=False)
     assert_same_topk(*brute_force(x, q, 50), s, i)  # ids of the second shard are global rows
+    assert_same_topk(*index_mod.search(index_mod.build_index(x), q, 50, progress=False), s, i)  # == CPU index
     assert (i >= 2001).any() and (i < 2001).any()
 
 
@@ -190,6 +192,7 @@ def test_faiss_index_that_does_not_fit_the_gpu_falls_back_to_the_cpu(monkeypatch
     assert "does not fit" in caplog.text
     s, i = index_mod.search(index, q, 20, progress=False)
     assert_same_topk(*brute_force(x, q, 20), s, i)
+    assert_same_topk(*index_mod.search(index_mod.build_index(x), q, 20, progress=False), s, i)
 
 
 def test_adore_step_with_the_index_on_a_gpu_equals_the_cpu():
