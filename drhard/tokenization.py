@@ -353,7 +353,7 @@ def resolve_tokenizer_path(name_or_path: Union[str, Path]) -> Path:
     raise TokenizerNotFound(
         f"tokenizer {str(name_or_path)!r} not found locally (tried: {', '.join(tried)}) and models are "
         "not downloaded here. Pass --model_name_or_path a local directory holding vocab.json and "
-        "merges.txt (e.g. ../shared/data/roberta-base-tokenizer), or set "
+        "merges.txt (roberta-base's tokenizer files), or set "
         f"{ENV_TOKENIZER}=<that directory>, or place it at ./data/{DEFAULT_NAME}.")
 
 
