@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .io import DataError, TokenCache, data_error, read_offset_qrels
+from .io import (DataError, TokenCache, data_error, read_meta, read_offset_qrels, token_memmap_path,
+                 token_prefix)
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +105,25 @@ def check_hardneg_coverage(path: str, hard: Dict[int, List[int]], qoffsets: Sequ
                          "(star/prepare_hardneg.py --mode train) from this preprocess folder")
 
 
+def open_nonempty_cache(preprocess_dir: str, name: str, what: str) -> TokenCache:
+    """The token cache ``name`` of ``preprocess_dir``, checked complete; an empty one is a ``DataError`` naming it."""
+    prefix = token_prefix(preprocess_dir, name)
+    if read_meta(prefix)["total_number"] == 0:
+        raise data_error(token_memmap_path(prefix), None, f"holds no {what} (0 rows): nothing to train on "
+                         "(did preprocess.py read an empty file?)")
+    return TokenCache(prefix)
+
+
 class TrainQueryDataset(Dataset):
     """Items for STAR / Inbatch-Neg / Rand-Neg training."""
 
     def __init__(self, preprocess_dir: str, max_query_length: int, max_doc_length: int,
                  negative_type: str = "star", hardneg_path: Optional[str] = None, hard_num: int = 1,
                  seed: int = 42, mode: str = "train"):
-        from .io import token_prefix
         if negative_type not in NEGATIVE_TYPES:
             raise ValueError(f"negative type must be one of {NEGATIVE_TYPES}")
-        self.queries = TokenCache(token_prefix(preprocess_dir, f"{mode}-query"))
-        self.docs = TokenCache(token_prefix(preprocess_dir, "passages"))
+        self.queries = open_nonempty_cache(preprocess_dir, f"{mode}-query", "queries")
+        self.docs = open_nonempty_cache(preprocess_dir, "passages", "passages")
         qrel_path = os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
         rels = read_offset_qrels(qrel_path)
         n_q, n_p = len(self.queries), len(self.docs)
@@ -201,9 +210,18 @@ class TrainCollator:
 
     ``rel_pair_mask`` (B, B): 0 where in-batch document j is relevant to query i
     (the diagonal included); ``hard_pair_mask`` (B, B*hard_num): 0 where the
-    negative is relevant to the query.  The first ``pad_first`` batches are
-    padded to the full max length (to hit out-of-memory early), later ones to
-    the batch's longest row; ``pad_to_max`` pads every batch to the max.
+    negative is relevant to the query.  The first ``pad_first`` batches of the
+    run are padded to the full max length (to hit out-of-memory early), later
+    ones to the batch's longest row; ``pad_to_max`` pads every batch to the max.
+
+    "The first batches of the run" is decided on the global batch index, not on
+    how many batches this process has collated: the trainer calls
+    ``start_at(index)`` before it iterates (at each epoch start, with the index
+    of the next batch, ``global_step * gradient_accumulation_steps``), so a run
+    resumed from a checkpoint pads exactly the batches an uninterrupted run
+    padded (the batch shapes, and so the dropout draws, are the same).  With
+    DataLoader workers, worker ``w`` of ``n`` collates batches ``w, w+n, ...``
+    of the iteration, and the index accounts for it.
     """
 
     def __init__(self, rel_sets: Dict[int, set], pad_id: int, max_query_length: int, max_doc_length: int,
@@ -214,11 +232,25 @@ class TrainCollator:
         self.max_doc_length = max_doc_length
         self.pad_to_max = pad_to_max
         self.pad_first = pad_first
+        self.first_index = 0  # global index of the next batch of the current iteration
+        self.calls = 0  # batches this copy collated since start_at
+
+    def start_at(self, batch_index: int) -> None:
+        """The next batch the data loader yields is the run's batch ``batch_index`` (0-based)."""
+        self.first_index = int(batch_index)
         self.calls = 0
 
-    def __call__(self, items: List[dict]) -> dict:
-        full = self.pad_to_max or self.calls < self.pad_first
+    def next_batch_index(self) -> int:
+        """Global index of the batch this call collates (counts this copy's calls; DataLoader workers interleave)."""
+        from torch.utils.data import get_worker_info
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        index = self.first_index + self.calls * workers + worker
         self.calls += 1
+        return index
+
+    def __call__(self, items: List[dict]) -> dict:
+        full = self.pad_to_max or self.next_batch_index() < self.pad_first
         qlen = self.max_query_length if full else None
         dlen = self.max_doc_length if full else None
         q_ids, q_mask = pad_batch([it["query"] for it in items], self.pad_id, qlen)  # (B, Lq)

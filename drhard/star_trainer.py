@@ -3,63 +3,150 @@
 ``DenseTrainer`` adds to the stock Trainer what DRhard needs: the pairwise
 losses of ``drhard.losses`` selected by ``negative_type`` (STAR / BM25-Neg with
 static hard negatives, Inbatch-Neg, Rand-Neg), LAMB as the paper used it or
-AdamW, an epoch-seeded sampler (resume replays the same data), a save at every
-epoch end, tensorboard scalars under ``logging_dir``, and a stop with the step
-number when the loss is not finite.
+AdamW (``drhard.optim.build_optimizer``), an epoch-seeded sampler (resume
+replays the same data), and a save at every epoch end.
+
+Policies, each in one place:
+
+* **Non-finite steps.**  A step whose loss is NaN or infinite (any micro-batch
+  of it; decided by ``step_is_finite``) is skipped: the optimizer sees no
+  gradient, so neither the weights nor the optimizer state (moments, step
+  counts) change -- LAMB and AdamW would move the weights even on a zero
+  gradient through their momentum.  The step still counts: ``global_step`` and
+  the learning-rate schedule advance, as in the original, whose apex amp
+  skipped overflowing fp16 steps while the Trainer stepped the scheduler
+  anyway; so the rate at step N is always the schedule's value at N (also for
+  steps the fp16 gradient scaler skips on its own).  Each skip is a warning in
+  the log and a ``train/nonfinite_steps`` point (the running count) in
+  tensorboard; after ``max_nonfinite_steps`` non-finite steps in a row training
+  stops with ``NonFiniteError`` naming the step (``drhard.finite.NonFiniteGuard``).
+* **No non-finite model is saved**: the weights are checked before every save
+  (checkpoints and the final model) and a NaN weight stops the run naming it.
+* **Checkpoints are verified.**  Each ``checkpoint-N`` ends with
+  ``checksums.json`` (``drhard.checkpoint``), written after every file the
+  Trainer saved; ``resolve_resume`` picks the newest checkpoint that verifies
+  for ``auto`` (saying which it skipped) and refuses an explicitly named one
+  that does not, in one line naming the bad file.
+* **Stop at a step without changing the schedule** (``StopAtStep``): the paper
+  planned 100 epochs and stopped near step 50k; ``--max_steps`` would instead
+  decay the rate to 0 at the stop.
+* **One GPU per process** (``gpus_for_one_process``): without torchrun, several
+  visible GPUs would make the Trainer wrap the model in ``nn.DataParallel`` and
+  compute the pairwise loss over the gathered batch, which is another loss.
+* **TensorBoard** scalars go to ``<output_dir>/log`` (where the original wrote
+  them) and to ``--logging_dir`` when it is given; no HF reporting integration.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
-from typing import Optional
+import warnings
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import losses
-from .errors import NonFiniteError
+from .checkpoint import newest_verified, verify_checkpoint, write_checksums
 from .dataset import EpochSeededSampler
+from .errors import DataError
+from .finite import NonFiniteGuard, check_model_finite
 from .model import RobertaDot
+from .optim import build_optimizer, param_groups
 
 logger = logging.getLogger(__name__)
 
+# What a checkpoint must hold to resume exactly (weights, optimizer, schedule, step), RNG states aside.
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+RESUME_AUTO = ("auto", "True", "true", "last")
+TENSORBOARD_SUBDIR = "log"
 
 
-class NonFiniteLossError(NonFiniteError):
-    """The training loss is NaN or infinite."""
+def step_is_finite(loss: torch.Tensor) -> bool:
+    """Whether a training step's loss is finite: the one decision (one host sync).
+
+    A distributed version all-reduces this flag (minimum over ranks) here, so
+    that every rank skips the same steps.
+    """
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def gpus_for_one_process(visible: int, distributed: bool) -> Tuple[int, Optional[str]]:
+    """The number of GPUs this process trains on, and a message when that is fewer than it sees.
+
+    A torchrun process (``distributed``) already drives one GPU.  A plain
+    ``python star/train.py`` that sees several GPUs trains on the first one:
+    the Trainer would otherwise wrap the model in ``nn.DataParallel``, gather
+    the embeddings of ``batch x n_gpu`` queries and compute the loss over them
+    (in-batch negatives from every GPU), which is not the paper's single-GPU loss.
+    """
+    if distributed or visible <= 1:
+        return visible, None
+    return 1, (f"{visible} GPUs visible: training on the first one only (the paper's set-up; "
+               "DataParallel would compute the loss over the batches of all GPUs together). "
+               f"To train on all of them, one process per GPU: torchrun --nproc_per_node {visible} "
+               "star/train.py ... (then in-batch negatives come from each GPU's own batch)")
 
 
 class DenseTrainer(Trainer):
     def __init__(self, *args, negative_type: str = "star", optimizer_str: str = "lamb",
-                 tokenizer_dir: Optional[str] = None, **kwargs):
+                 tokenizer_dir: Optional[str] = None, max_nonfinite_steps: int = 10, **kwargs):
         super().__init__(*args, **kwargs)
         self.negative_type = negative_type
         self.optimizer_str = optimizer_str
         self.tokenizer_dir = tokenizer_dir
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._step_finite = True  # every micro-batch of the current optimizer step had a finite loss
+        self._bad_loss: Optional[float] = None
+        self._skip_update = False  # the current optimizer step must not change anything
+        self._nonfinite_logged = 0
+        self.add_callback(_StepPolicy(self))
+
+    def train(self, *args, **kwargs):
+        """The Trainer's ``train``; when it fails, the progress bar is closed first, so the error is a line
+        of its own (not appended to the bar's last state)."""
+        try:
+            return super().train(*args, **kwargs)
+        except BaseException:
+            for cb in self.callback_handler.callbacks:
+                if isinstance(cb, ProgressCallback) and cb.training_bar is not None:
+                    cb.training_bar.close()
+                    cb.training_bar = None
+            raise
+
+    def log(self, logs, start_time=None) -> None:
+        """The Trainer's log, plus ``nonfinite_steps`` (skipped steps so far) whenever that count changed."""
+        if self.nonfinite.skipped != self._nonfinite_logged:
+            logs["nonfinite_steps"] = float(self.nonfinite.skipped)
+            self._nonfinite_logged = self.nonfinite.skipped
+        super().log(logs, start_time)
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         return EpochSeededSampler(len(ds), self.args.seed)
 
     def create_optimizer(self, model=None):
+        """``build_optimizer`` over the original's weight-decay groups (LAMB gets lr and eps only)."""
         if self.optimizer is not None:
             return self.optimizer
-        from .optim import Lamb, param_groups
         model = model if model is not None else self.model
-        groups = param_groups(model, self.args.weight_decay)
-        betas = (self.args.adam_beta1, self.args.adam_beta2)
-        if self.optimizer_str == "lamb":
-            self.optimizer = Lamb(groups, lr=self.args.learning_rate, betas=betas, eps=self.args.adam_epsilon)
-        elif self.optimizer_str == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=betas,
-                                               eps=self.args.adam_epsilon)
-        else:
-            raise ValueError(f"--optimizer_str must be lamb or adamw, got {self.optimizer_str!r}")
+        self.optimizer = build_optimizer(self.optimizer_str, param_groups(model, self.args.weight_decay),
+                                         lr=self.args.learning_rate, eps=self.args.adam_epsilon,
+                                         betas=(self.args.adam_beta1, self.args.adam_beta2))
+        self.optimizer.register_step_pre_hook(self._drop_gradients_of_skipped_step)
         return self.optimizer
+
+    def _drop_gradients_of_skipped_step(self, optimizer, args, kwargs) -> None:
+        """Runs right before the optimizer's own step (behind accelerate's wrapper and the fp16 scaler):
+        on a skipped step every gradient is dropped, so the step changes no weight and no state."""
+        if self._skip_update:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         q = model(inputs["query_ids"], inputs["query_mask"])  # (B, D)
@@ -72,11 +159,24 @@ class DenseTrainer(Trainer):
                 loss = losses.star_loss(q, d, n, inputs["rel_pair_mask"], inputs["neg_pair_mask"])
             else:
                 loss = losses.randneg_loss(q, d, n, inputs["neg_pair_mask"])
-        if not torch.isfinite(loss.detach()):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.state.global_step + 1}: stopping "
-                "(lower --learning_rate, check the data, or resume from the last checkpoint)")
+        if model.training and not step_is_finite(loss):
+            self._step_finite = False
+            self._bad_loss = float(loss.detach())
         return (loss, {"q": q}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step; after the last micro-batch of an optimizer step, decide whether to skip it.
+
+        The backward pass runs even on a non-finite loss: under fp16 the gradient
+        scaler then sees the non-finite gradients and skips the update itself,
+        and a distributed run keeps every rank in the same collectives.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            # raises NonFiniteError after max_nonfinite_steps non-finite steps in a row
+            self._skip_update = self.nonfinite.update(self._step_finite, self.state.global_step + 1, self._bad_loss)
+            self._step_finite, self._bad_loss = True, None
+        return loss
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -85,9 +185,44 @@ class DenseTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, RobertaDot):
             raise TypeError("DenseTrainer trains a drhard.model.RobertaDot")
+        check_model_finite(model, f"step {self.state.global_step}: the model to be saved to {output_dir}")
         model.save_pretrained(output_dir, tokenizer_dir=self.tokenizer_dir)
         with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then ``checksums.json`` over every file it wrote (the mark of a complete save)."""
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process wrote its RNG state
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            write_checksums(folder)
+
+
+class _StepPolicy(TrainerCallback):
+    """What ``DenseTrainer`` does around each optimizer step (see the module docstring)."""
+
+    def __init__(self, trainer: DenseTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        counts = [e["nonfinite_steps"] for e in state.log_history if "nonfinite_steps" in e]
+        self.trainer.nonfinite.skipped = int(max(counts, default=0))  # a resumed run keeps counting
+        self.trainer._nonfinite_logged = self.trainer.nonfinite.skipped
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = self.trainer
+        scheduler = t.lr_scheduler
+        if scheduler is not None and hasattr(scheduler, "last_epoch"):
+            # the Trainer does not step the schedule when the fp16 scaler skipped the update; we keep it at global_step
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                while scheduler.last_epoch < state.global_step:
+                    scheduler.step()
+        if t._skip_update:
+            t._skip_update = False
+            control.should_log = True  # DenseTrainer.log adds the running count of skipped steps
+        return control
 
 
 class SaveEveryEpoch(TrainerCallback):
@@ -99,60 +234,117 @@ class SaveEveryEpoch(TrainerCallback):
         return control
 
 
-class TensorBoardScalars(TrainerCallback):
-    """Every logged number becomes a tensorboard scalar under ``log_dir`` (``train/loss``, ``train/learning_rate``...)."""
+class StopAtStep(TrainerCallback):
+    """End training after global step ``step`` (logged and saved there); the schedule stays the full run's.
 
-    def __init__(self, log_dir: str):
-        self.log_dir = log_dir
-        self.writer = None
+    ``--max_steps N`` makes N the schedule's horizon (the rate decays to 0 at N);
+    this stops a run planned for ``--num_train_epochs`` (or a larger
+    ``--max_steps``) at N with the rate that run has at N.
+    """
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if 0 < self.step <= state.global_step:
+            control.should_training_stop = True
+            control.should_log = True
+            if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+                control.should_save = True
+        return control
+
+
+def tensorboard_dirs(output_dir: str, logging_dir: Optional[str]) -> List[str]:
+    """``<output_dir>/log`` (the original's place) and ``logging_dir`` when one was given, without duplicates."""
+    dirs = [os.path.join(output_dir, TENSORBOARD_SUBDIR)]
+    if logging_dir and os.path.abspath(logging_dir) != os.path.abspath(dirs[0]):
+        dirs.append(logging_dir)
+    return dirs
+
+
+class TensorBoardScalars(TrainerCallback):
+    """Every logged number becomes a tensorboard scalar (``train/loss``, ``train/learning_rate``...) in each of
+    ``log_dirs``; the folders are created at the first log, so a run refused at the door creates none."""
+
+    def __init__(self, log_dirs: Sequence[str]):
+        self.log_dirs = [log_dirs] if isinstance(log_dirs, str) else list(log_dirs)
+        self.writers = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        if self.writer is None:
+        if not self.writers:
             from torch.utils.tensorboard import SummaryWriter
-            os.makedirs(self.log_dir, exist_ok=True)
-            self.writer = SummaryWriter(self.log_dir)
+            for d in self.log_dirs:
+                os.makedirs(d, exist_ok=True)
+                self.writers.append(SummaryWriter(d))
         for k, v in logs.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(k if "/" in k else f"train/{k}", v, state.global_step)
-        self.writer.flush()
+                for w in self.writers:
+                    w.add_scalar(k if "/" in k else f"train/{k}", v, state.global_step)
+        for w in self.writers:
+            w.flush()
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.writer is not None:
-            self.writer.close()
+        for w in self.writers:
+            w.close()
+        self.writers = []
 
 
 class EpochToDataset(TrainerCallback):
-    """Tell the dataset which epoch it is in (its random draws are seeded by epoch and item)."""
+    """At each epoch start: tell the dataset which epoch it is in (its random draws are seeded by epoch and
+    item) and the collator which batch of the run comes next (it pads the run's first batches to full length)."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, collator=None):
         self.dataset = dataset
+        self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(int(math.floor(state.epoch or 0)))
+        if self.collator is not None:
+            self.collator.start_at(state.global_step * args.gradient_accumulation_steps)
 
 
-def checkpoint_complete(path: str) -> bool:
-    return all(os.path.exists(os.path.join(path, f)) for f in CHECKPOINT_FILES)
-
-
-def last_complete_checkpoint(output_dir: str) -> Optional[str]:
-    """Newest ``checkpoint-N`` under ``output_dir`` that holds every file a resume needs."""
+def checkpoint_candidates(output_dir: str) -> List[Tuple[int, str]]:
+    """``(step, path)`` of every ``checkpoint-N`` folder (temp folders of other names are never candidates)."""
     if not os.path.isdir(output_dir):
-        return None
+        return []
     found = []
     for name in os.listdir(output_dir):
-        m = re.fullmatch(r"checkpoint-(\d+)", name)
+        m = CHECKPOINT_NAME.fullmatch(name)
         path = os.path.join(output_dir, name)
         if m and os.path.isdir(path):
-            if checkpoint_complete(path):
-                found.append((int(m.group(1)), path))
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def required_checkpoint_files(world_size: int = 1) -> Tuple[str, ...]:
+    """Files a resumable checkpoint holds: the Trainer writes one RNG state per process when there are several."""
+    rng = ("rng_state.pth",) if world_size <= 1 else tuple(f"rng_state_{i}.pth" for i in range(world_size))
+    return CHECKPOINT_FILES + rng
+
+
+def resolve_resume(output_dir: str, resume: Optional[str], world_size: int = 1) -> Optional[str]:
+    """The checkpoint to resume from: ``auto`` (also True/last) -> the newest that verifies, or None; a path ->
+    that checkpoint, which must verify (``DataError`` naming the bad file otherwise); None -> None."""
+    if not resume:
+        return None
+    required = required_checkpoint_files(world_size)
+    if resume in RESUME_AUTO:
+        candidates = checkpoint_candidates(output_dir)
+        path = newest_verified(candidates, required)
+        if path is None:
+            if candidates:
+                logger.warning("no checkpoint in %s verifies: starting from scratch", output_dir)
             else:
-                logger.warning("ignoring incomplete checkpoint %s (killed while saving?)", path)
-    return max(found)[1] if found else None
-
-
-def read_training_state(checkpoint: str) -> dict:
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-        return json.load(f)
+                logger.info("no checkpoint in %s: starting from scratch", output_dir)
+        elif path != candidates[-1][1]:
+            logger.warning("resuming from %s, the newest checkpoint that verifies (newer ones were skipped, see above)",
+                           path)
+        return path
+    if not os.path.isdir(resume):
+        raise DataError(f"--resume_from_checkpoint {resume}: no such directory")
+    problem = verify_checkpoint(resume, required)
+    if problem is not None:
+        raise DataError(f"{problem} (--resume_from_checkpoint {resume}: name another checkpoint, or use auto)")
+    return resume

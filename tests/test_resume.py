@@ -1,4 +1,7 @@
-"""Kill a training run with SIGKILL after a checkpoint, resume it, and get the weights of an uninterrupted run."""
+"""Kill a training run (SIGKILL, SIGTERM, Ctrl-C) after a checkpoint or at a random moment, resume it, and get
+the weights of an uninterrupted run."""
+import re
+import signal
 import time
 
 import numpy as np
@@ -12,8 +15,8 @@ from drhard.model import RobertaDot
 from tinyprep import make_tiny_preprocess, popen_script, run_script
 
 
-def kill_when(proc, path, timeout=120):
-    """SIGKILL ``proc`` as soon as ``path`` exists (it was still running then)."""
+def kill_when(proc, path, timeout=120, sig=signal.SIGKILL):
+    """Send ``sig`` to ``proc`` as soon as ``path`` exists (it was still running then); its exit status."""
     t0 = time.time()
     while not path.exists():
         if proc.poll() is not None:
@@ -22,8 +25,8 @@ def kill_when(proc, path, timeout=120):
             proc.kill()
             pytest.fail(f"{path} did not appear in {timeout} s")
         time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    proc.send_signal(sig)
+    return proc.wait()
 
 
 def same_weights(a, b):
@@ -44,20 +47,57 @@ def frozen_pembed(tiny, tmp_path):
     return pembed
 
 
-@pytest.mark.parametrize("kill_after", [4, 8])
-def test_star_resume_after_kill_gives_identical_weights(tmp_path, kill_after):
-    tiny = make_tiny_preprocess(tmp_path)
+@pytest.fixture(scope="module")
+def star_full(tmp_path_factory):
+    """An uninterrupted STAR run with the default flags (no --padding: the run's first 10 batches are padded to
+    full length, later ones to their longest row), checkpoints every 2 steps; and its training time span."""
+    tmp = tmp_path_factory.mktemp("star_full")
+    tiny = make_tiny_preprocess(tmp)
     args = ["--do_train", "--max_query_length", 12, "--max_doc_length", 32, "--preprocess_dir", tiny["preprocess"],
-            "--hardneg_path", tiny["hard"], "--init_path", tiny["init"], "--logging_dir", tmp_path / "log",
-            "--per_device_train_batch_size", 8, "--num_train_epochs", 2, "--warmup_steps", 2, "--save_steps", 2,
-            "--learning_rate", 1e-3, "--padding", "--seed", 11]
-    run_script("star/train.py", *args, "--output_dir", tmp_path / "full")
+            "--hardneg_path", tiny["hard"], "--init_path", tiny["init"], "--per_device_train_batch_size", 8,
+            "--num_train_epochs", 2, "--warmup_steps", 2, "--save_steps", 2, "--learning_rate", 1e-3, "--seed", 11]
+    full = tmp / "full"
+    run_script("star/train.py", *args, "--output_dir", full)
+    span = (full / "model.safetensors").stat().st_mtime - (full / "checkpoint-2" / "trainer_state.json").stat().st_mtime
+    return args, full, span
+
+
+def test_star_resume_inside_the_padded_batches_gives_identical_weights(tmp_path, star_full):
+    """Killed after step 4: the resumed process must pad batches 4-9 as the uninterrupted one did."""
+    args, full, _ = star_full
     out = tmp_path / "killed"
-    kill_when(popen_script("star/train.py", *args, "--output_dir", out), out / f"checkpoint-{kill_after}" /
-              "trainer_state.json")
+    kill_when(popen_script("star/train.py", *args, "--output_dir", out), out / "checkpoint-4" / "trainer_state.json")
     assert not (out / "model.safetensors").exists()  # it did not finish
     run_script("star/train.py", *args, "--output_dir", out, "--resume_from_checkpoint", "auto")
-    same_weights(tmp_path / "full", out)
+    same_weights(full, out)
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)])
+def test_star_resume_after_sigterm_or_sigint_gives_identical_weights(tmp_path, star_full, sig, status):
+    args, full, _ = star_full
+    out = tmp_path / "stopped"
+    assert kill_when(popen_script("star/train.py", *args, "--output_dir", out),
+                     out / "checkpoint-6" / "trainer_state.json", sig=sig) == status  # Ctrl-C: exit 130
+    run_script("star/train.py", *args, "--output_dir", out, "--resume_from_checkpoint", "auto")
+    same_weights(full, out)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_star_killed_at_a_random_moment_then_resumed_matches(tmp_path, star_full, seed):
+    """SIGKILL at a seeded random moment of the training (maybe while a checkpoint is written), resume with auto."""
+    import random
+    args, full, span = star_full
+    out = tmp_path / "killed"
+    proc = popen_script("star/train.py", *args, "--output_dir", out)
+    first = out / "checkpoint-2" / "trainer_state.json"
+    t0 = time.time()
+    while not first.exists() and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0) * span)
+    proc.kill()
+    proc.wait()
+    run_script("star/train.py", *args, "--output_dir", out, "--resume_from_checkpoint", "auto")
+    same_weights(full, out)
 
 
 @pytest.mark.parametrize("seed", [1])
@@ -108,7 +148,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
                    1e30, "--warmup_steps", 0, "--max_grad_norm", 0, "--per_device_train_batch_size", 8,
                    "--num_train_epochs", 3, "--save_strategy", "no", check=False)
     assert p.returncode != 0
-    assert "error: training loss is nan at step" in p.stderr or "error: training loss is inf at step" in p.stderr, \
-        p.stderr[-2000:]
+    assert re.search(r"^error: training loss is not finite \((nan|inf)\) at step \d+ \(10 non-finite steps in a row\)",
+                     p.stderr, re.M), p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
