@@ -7,7 +7,10 @@ The commands are the ones in README.md ("Reproducing the paper at full scale"),
 which lists the expected output after each.  --gpus picks the device flags:
 0 = CPU only (no --fp16, CPU faiss), 1 = model and index share one GPU (needs
 ~40 GB for the 26 GB passage index), 2 = model on GPU 0 and index on GPU 1,
-4 = index sharded over GPUs 1-3 (the original README's layout).
+4 = index sharded over GPUs 1-3 (the original README's layout).  STAR and the
+warmups train on GPU 0 alone, as in the paper (CUDA_VISIBLE_DEVICES=0 when
+--gpus > 1), with the paper's schedule: 100 epochs planned, stopped at step
+50,000 (--stop_at_step 50000; --max_steps 50000 would decay the rate to 0 there).
 --rows limits the run to some rows of the table.
 """
 import argparse
@@ -26,6 +29,10 @@ def commands(data_type: str, gpus: int, rows=ROWS) -> List[str]:
     train_doc = 512 if doc else 120
     k = " 100" if doc else ""
     fp16 = " --gradient_checkpointing --fp16" if gpus > 0 else ""
+    # STAR and the warmups train on one GPU, as in the paper (star/train.py would use only one anyway)
+    one_gpu = "CUDA_VISIBLE_DEVICES=0 " if gpus > 1 else ""
+    # the paper's schedule: 100 epochs planned (linear decay from 1e-4), stopped at step 50k
+    steps = "--stop_at_step 50000"
     faiss_inf = {0: "", 1: " --faiss_gpus 0", 2: " --faiss_gpus 1", 4: " --faiss_gpus 1 2 3"}[gpus]
     faiss_adore = {0: "", 1: " --model_gpu_index 0 --faiss_gpu_index 0",
                    2: " --model_gpu_index 0 --faiss_gpu_index 1",
@@ -36,10 +43,10 @@ def commands(data_type: str, gpus: int, rows=ROWS) -> List[str]:
         f"python preprocess.py --data_type {0 if doc else 1}",
         # the warmup model: BM25 negatives on roberta-base (or put ANCE's warmup checkpoint in {d}/warmup)
         f"python ./star/bm25_hardneg.py --data_type {data_type} --topk 200",
-        f"python ./star/train.py --do_train --max_query_length 24 --max_doc_length {train_doc} "
+        f"{one_gpu}python ./star/train.py --do_train --max_query_length 24 --max_doc_length {train_doc} "
         f"--preprocess_dir {d}/preprocess --hardneg_path {d}/bm25_retrieve/hard.json --init_path roberta-base "
         f"--output_dir {d}/warmup --logging_dir {d}/warmup_log --optimizer_str lamb --learning_rate 1e-4 "
-        f"--max_steps 50000{fp16}",
+        f"{steps}{fp16}",
         f"python ./star/prepare_hardneg.py --data_type {data_type} --max_query_length 32 --max_doc_length {max_doc} "
         f"--mode dev --topk 200{no_cuda_hard}",
     ]
@@ -55,16 +62,16 @@ def commands(data_type: str, gpus: int, rows=ROWS) -> List[str]:
 
     for row, neg in (("inbatch", "inbatch"), ("random", "random")):
         if row in rows or f"adore-{row}" in rows:
-            cmds.append(f"python ./star/train.py --do_train --max_query_length 24 --max_doc_length {train_doc} "
-                        f"--preprocess_dir {d}/preprocess --negative_type {neg} --init_path roberta-base "
+            cmds.append(f"{one_gpu}python ./star/train.py --do_train --max_query_length 24 "
+                        f"--max_doc_length {train_doc} --preprocess_dir {d}/preprocess --negative_type {neg} --init_path roberta-base "
                         f"--output_dir {d}/{row}_train/models --logging_dir {d}/{row}_train/log "
-                        f"--optimizer_str lamb --learning_rate 1e-4 --max_steps 50000{fp16}")
+                        f"--optimizer_str lamb --learning_rate 1e-4 {steps}{fp16}")
             cmds += dense(row, f"{d}/{row}_train/models")
     if "star" in rows or "adore-star" in rows:
-        cmds.append(f"python ./star/train.py --do_train --max_query_length 24 --max_doc_length {train_doc} "
+        cmds.append(f"{one_gpu}python ./star/train.py --do_train --max_query_length 24 --max_doc_length {train_doc} "
                     f"--preprocess_dir {d}/preprocess --hardneg_path {d}/warmup_retrieve/hard.json "
                     f"--init_path {d}/warmup --output_dir {d}/star_train/models --logging_dir {d}/star_train/log "
-                    f"--optimizer_str lamb --learning_rate 1e-4 --max_steps 50000{fp16}")
+                    f"--optimizer_str lamb --learning_rate 1e-4 {steps}{fp16}")
         cmds.append(f"mkdir -p {d}/trained_models && cp -r {d}/star_train/models {d}/trained_models/star")
         cmds += [f"python ./star/inference.py --data_type {data_type} --max_doc_length {max_doc} --mode {m}{faiss_inf}"
                  for m in ("dev", "test")]

@@ -76,3 +76,16 @@ def test_dry_run_prints_every_readme_full_scale_command_in_order():
         assert cmd in out, f"README command missing from --dry_run: {cmd}"
         assert out.index(cmd) > pos, f"out of order: {cmd}"
         pos = out.index(cmd)
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 4])
+def test_recipe_trains_star_on_one_gpu_with_the_papers_schedule(gpus):
+    """STAR and the warmups: stopped at step 50k of the 100-epoch schedule (not --max_steps, which would decay
+    the rate to 0 there), pinned to GPU 0 when the machine has several (no DataParallel, the paper's one GPU)."""
+    sys.path.insert(0, str(REPO))
+    import reproduce
+    train = [c for c in reproduce.commands("passage", gpus) if "star/train.py" in c]
+    assert len(train) == 4  # BM25-Neg warmup, Inbatch-Neg, Rand-Neg, STAR
+    for cmd in train:
+        assert "--stop_at_step 50000" in cmd and "--max_steps" not in cmd and "--num_train_epochs" not in cmd
+        assert cmd.startswith("CUDA_VISIBLE_DEVICES=0 python ./star/train.py" if gpus > 1 else "python ./star/train.py")
