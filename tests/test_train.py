@@ -57,6 +57,22 @@ def test_collator_masks_match_relevance(tiny):
         [len(it["query"]) for it in items])).all()
 
 
+def test_collator_pads_the_runs_first_batches_by_global_batch_index(tiny, monkeypatch):
+    """The first 10 batches of the run are padded to the full length: decided on the global batch index the
+    trainer sets (resume restarts counting there), also with DataLoader workers interleaving batches."""
+    ds = TrainQueryDataset(str(tiny["preprocess"]), 12, 32, hardneg_path=str(tiny["hard"]))
+    items = [ds[i] for i in range(4)]  # queries of 7 tokens
+    c = TrainCollator(ds.rel_sets, 1, 12, 32)
+    assert [c(items)["query_ids"].shape[1] for _ in range(11)] == [12] * 10 + [7]
+    c.start_at(9)  # a run resumed after 9 batches
+    assert [c(items)["query_ids"].shape[1] for _ in range(2)] == [12, 7]
+    import torch.utils.data
+    from types import SimpleNamespace
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(id=1, num_workers=2))
+    c.start_at(7)  # worker 1 of 2 collates batches 8, 10, 12 ...
+    assert [c(items)["query_ids"].shape[1] for _ in range(2)] == [12, 7]
+
+
 def test_items_are_reproducible_per_epoch(tiny):
     ds = TrainQueryDataset(str(tiny["preprocess"]), 12, 32, hardneg_path=str(tiny["hard"]), hard_num=3)
     a = [ds[i]["neg_poffsets"] for i in range(5)]
