@@ -4,11 +4,11 @@
         --preprocess_dir ./data/passage/preprocess \
         --output_dir ./data/passage/official_runs/adore-star --mode dev --dataset passage
 
-Reads ``<input_dir>/<mode>.rank.tsv`` (``qoffset\\tpoffset\\trank``), maps the
-query offset through the inverse of ``<preprocess_dir>/<mode>-qid2offset.pickle``
-and the passage offset through the inverse of ``pid2offset.pickle`` (``D`` prefix
-for ``--dataset doc``) and writes ``<output_dir>/<mode>.rank.tsv``
-(``qid\\tpid\\trank``).
+Reads the ``--mode`` rank file of ``--input_dir`` (``qoffset\\tpoffset\\trank``), maps the
+query offset through the inverse of the mode's query id map of ``--preprocess_dir``
+and the passage offset through the inverse of the passage id map (``D`` prefix for
+``--dataset doc``) and writes the rank file of the same name into ``--output_dir``
+(``qid\\tpid\\trank``); docs/formats.md has the names and formats.
 
 ``--output_format trec`` writes ``<output_dir>/<mode>.rank.trec`` instead and
 ``both`` writes both.  TREC lines are ``qid Q0 pid rank score tag``; rank files
@@ -35,7 +35,8 @@ except ImportError:  # run from a checkout without `pip install .`
 from tqdm import tqdm
 
 from drhard.cli import dir_path, naming_output, run
-from drhard.io import MODES, DataError, atomic_write, data_error, iter_rank_lines, load_offset_map
+from drhard.io import (MODES, DataError, atomic_write, data_error, iter_rank_lines, load_offset_map, pid2offset_path,
+                       qid2offset_path, rank_path, trec_run_path)
 
 
 def inverse_map(path: str) -> Dict[int, int]:
@@ -50,13 +51,13 @@ def inverse_map(path: str) -> Dict[int, int]:
 
 
 def output_paths(output_dir: str, mode: str, output_format: str) -> List[str]:
-    names = {"tsv": [".rank.tsv"], "trec": [".rank.trec"], "both": [".rank.tsv", ".rank.trec"]}
-    return [os.path.join(output_dir, mode + ext) for ext in names[output_format]]
+    paths = {"tsv": [rank_path], "trec": [trec_run_path], "both": [rank_path, trec_run_path]}
+    return [path(output_dir, mode) for path in paths[output_format]]
 
 
 def map_paths(preprocess_dir: str, mode: str) -> List[str]:
-    """The id maps of ``mode``: ``<mode>-qid2offset.pickle`` and ``pid2offset.pickle``."""
-    return [os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle"), os.path.join(preprocess_dir, "pid2offset.pickle")]
+    """The id maps of ``mode``: the mode's query map and the passage map."""
+    return [qid2offset_path(preprocess_dir, mode), pid2offset_path(preprocess_dir)]
 
 
 def convert(input_path: str, preprocess_dir: str, mode: str, dataset: str, outputs: List[str],
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run_tag", default="DRhard", help="tag column of TREC lines")
     args = parser.parse_args(argv)
 
-    input_path = os.path.join(args.input_dir, f"{args.mode}.rank.tsv")
+    input_path = rank_path(args.input_dir, args.mode)
     for path in [input_path] + map_paths(args.preprocess_dir, args.mode):
         if os.path.isdir(path):
             parser.error(f"{path} is a directory, expected a file")

@@ -13,8 +13,8 @@ document ids in both files (official doc qrels and cvt_back'd doc runs).  For
 preprocess files (offsets, no ``D``) pass ``100``, as the DRhard README does.
 
 Relevance is the official script's: every qrels line is relevant, grade 0
-included, so graded qrels (TREC DL ``2019qrels-pass.txt``, a preprocess
-``test-qrel.tsv`` made from it) give the official number; a one-line note on
+included, so graded qrels (TREC DL ``2019qrels-pass.txt``, the preprocess test
+qrels made from it) give the official number; a one-line note on
 stderr says when the qrels hold grade-0 lines.  ``--min_rel G`` (opt-in) makes
 only grades >= G relevant, for MRR and recall alike.
 
@@ -56,7 +56,7 @@ def parse_args(argv=None):
         usage="msmarco_eval.py <reference ranking> <candidate ranking> [MaxMRRRank or doc] [options]",
         description="MS MARCO MRR@K (official output), optionally Recall@K and TREC DL NDCG@10.")
     p.add_argument("reference", type=file_path,
-                   help="qrels: 'qid 0 pid rel' (MS MARCO, preprocess <mode>-qrel.tsv or TREC)")
+                   help="qrels: 'qid 0 pid rel' (MS MARCO, TREC, or a preprocess folder's offset qrels)")
     p.add_argument("candidate", type=file_path, help="run: 'qid pid rank' or TREC 'qid Q0 pid rank score tag'")
     p.add_argument("max_mrr_rank", nargs="?", type=cutoff, default=DEFAULT_K,
                    help="MRR cut-off K (default 10), or 'doc' for K=100 with D-prefixed ids")

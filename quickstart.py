@@ -24,7 +24,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from drhard.io import atomic_write
+from drhard.io import atomic_write, qrel_path, rank_path
 from drhard.metrics import evaluate_run
 from drhard.pipeline import Stage, StageFailed, StageRunner, format_table
 
@@ -203,11 +203,9 @@ def main(argv=None) -> int:
     table_rows = rows[:4] + [adore_rows[1]] + [rows[4], adore_rows[0]]
     for method, name, *_ in table_rows:
         e = os.path.join(evals, name)
-        dev = evaluate_run(os.path.join(pre, "dev-qrel.tsv"), os.path.join(e, "dev.rank.tsv"), k=k, ndcg=False)
-        test = evaluate_run(os.path.join(pre, "test-qrel.tsv"), os.path.join(e, "test.rank.tsv"), k=k,
-                            recall_at=(), ndcg=True)
-        train_m = evaluate_run(os.path.join(pre, "train-qrel.tsv"), os.path.join(e, "train.rank.tsv"), k=k,
-                               recall_at=(), ndcg=False)
+        dev = evaluate_run(qrel_path(pre, "dev"), rank_path(e, "dev"), k=k, ndcg=False)
+        test = evaluate_run(qrel_path(pre, "test"), rank_path(e, "test"), k=k, recall_at=(), ndcg=True)
+        train_m = evaluate_run(qrel_path(pre, "train"), rank_path(e, "train"), k=k, recall_at=(), ndcg=False)
         seconds = stage_time(f"train_{name}", *(f"inference_{name}_{m}" for m in modes))
         if name == "star":
             seconds += stage_time("prepare_hardneg")

@@ -14,10 +14,18 @@ warmups train on GPU 0 alone, as in the paper (CUDA_VISIBLE_DEVICES=0 when
 --rows limits the run to some rows of the table.
 """
 import argparse
-import shlex
+import os
 import subprocess
 import sys
 from typing import List
+
+try:
+    import drhard  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from drhard.io import qrel_name
+from drhard.rawdata import INPUT_FILES
 
 ROWS = ("inbatch", "random", "star", "adore-inbatch", "adore-random", "adore-star")
 
@@ -52,8 +60,8 @@ def commands(data_type: str, gpus: int, rows=ROWS) -> List[str]:
     ]
 
     def evaluate(name: str) -> List[str]:
-        return [f"python ./msmarco_eval.py {d}/preprocess/dev-qrel.tsv {d}/evaluate/{name}/dev.rank.tsv{k} --recall 100",
-                f"python ./msmarco_eval.py {d}/preprocess/test-qrel.tsv {d}/evaluate/{name}/test.rank.tsv{k} --ndcg"]
+        return [f"python ./msmarco_eval.py {d}/preprocess/{qrel_name('dev')} {d}/evaluate/{name}/dev.rank.tsv{k} --recall 100",
+                f"python ./msmarco_eval.py {d}/preprocess/{qrel_name('test')} {d}/evaluate/{name}/test.rank.tsv{k} --ndcg"]
 
     def dense(name: str, model: str) -> List[str]:
         out = [f"python ./star/inference.py --data_type {data_type} --max_doc_length {max_doc} --mode {m} "
@@ -92,7 +100,7 @@ def commands(data_type: str, gpus: int, rows=ROWS) -> List[str]:
     if "adore-star" in rows:
         cmds.append(f"python ./cvt_back.py --input_dir {d}/evaluate/adore-star/ --preprocess_dir {d}/preprocess "
                     f"--output_dir {d}/official_runs/adore-star --mode dev --dataset {data_type}")
-        qrels = f"{d}/dataset/msmarco-docdev-qrels.tsv" if doc else f"{d}/dataset/qrels.dev.small.tsv"
+        qrels = f"{d}/dataset/{INPUT_FILES[data_type]['dev'][1]}"
         cmds.append(f"python ./msmarco_eval.py {qrels} {d}/official_runs/adore-star/dev.rank.tsv"
                     + (" doc" if doc else ""))
     return cmds

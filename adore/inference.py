@@ -5,7 +5,7 @@ passage embeddings (e.g. STAR's ``passages.memmap``).
         --output_dir ./data/passage/evaluate/adore-star --preprocess_dir ./data/passage/preprocess \\
         --mode dev --dmemmap_path ./data/passage/evaluate/star/passages.memmap
 
-Writes ``<output_dir>/<mode>.qembed.memmap`` and ``<output_dir>/<mode>.rank.tsv``
+Writes the query embeddings ``<output_dir>/<mode>.qembed.memmap`` and the mode's rank file
 (``qoffset\\tpoffset\\trank`` for every query of the mode), both atomically.
 The embedding size comes from the model; a passage memmap of another size is refused, and so is
 a model whose tokenizer files differ from the tokenizer that made ``--preprocess_dir``
@@ -32,12 +32,11 @@ from drhard.cli import dir_path, file_path, int_at_least, run
 from drhard.device import resolve_device
 from drhard.encode import sidecar_path
 from drhard.finite import check_model_finite
-from drhard.io import MODES
+from drhard.io import MODES, PASSAGES, qembed_path, query_name, rank_path
 from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import RobertaDot
-from drhard.retrieval import (PASSAGES, check_embedding_space, embed_queries, open_passage_embeddings,
-                              open_token_cache, passage_count, prepare_output_dir, query_name, rank_path, retrieve,
-                              total_batch_size, write_offset_rank)
+from drhard.retrieval import (check_embedding_space, embed_queries, open_passage_embeddings, open_token_cache,
+                              passage_count, prepare_output_dir, retrieve, total_batch_size, write_offset_rank)
 
 logger = logging.getLogger("adore.inference")
 
@@ -74,7 +73,7 @@ def main(argv=None):
     dim = model.output_embedding_size
     p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir), check_finite=True)
     batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
-    qembed = os.path.join(args.output_dir, f"{args.mode}.qembed.memmap")
+    qembed = qembed_path(args.output_dir, args.mode)
     prepare_output_dir(args.output_dir)
     check_embedding_space(model, args.output_dir, [(qembed, queries, args.max_seq_length)])
     q_emb = embed_queries(model, args.preprocess_dir, args.mode, args.max_seq_length, batch_size, device, qembed,

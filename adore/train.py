@@ -23,6 +23,7 @@ except ImportError:  # run from a checkout without installing
 
 import drhard.cli
 from drhard.adore_trainer import AdoreConfig, AdoreTrainer
+from drhard.io import qrel_name, query_name
 from drhard.lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 
 
@@ -121,10 +122,10 @@ def main(argv=None) -> None:
     trainer = AdoreTrainer(cfg)
     history = trainer.train()
     write_manifest(cfg.model_save_dir, "adore-train",
-                   {**preprocess_inputs(cfg.preprocess_dir, ["train-query"], ["train-qrel.tsv"]),
+                   {**preprocess_inputs(cfg.preprocess_dir, [query_name("train")], [qrel_name("train")]),
                     "pembed": cfg.pembed_path},
                    {"init_path": cfg.init_path, "history": history}, args=vars(cfg),
-                   model_dir=cfg.init_path, tokenizer=tokenizer, rows={"train-query": len(trainer.dataset)})
+                   model_dir=cfg.init_path, tokenizer=tokenizer, rows={query_name("train"): len(trainer.dataset)})
     if history:
         print("epoch\tstep\tloss\ttrain MRR@10\ttrain R@10")
         for r in history:

@@ -59,7 +59,8 @@ from .dataset import EpochSeededSampler, pad_batch, seed_everything
 from .device import resolve_device
 from .errors import DataError, NonFiniteError, data_error
 from .finite import NonFiniteGuard, check_model_finite, first_nonfinite_row
-from .io import TokenCache, atomic_dir, atomic_write, read_offset_qrels, remove_stale_tmp, token_prefix
+from .io import (TokenCache, atomic_dir, atomic_write, qrel_path, query_name, read_offset_qrels, remove_stale_tmp,
+                 token_prefix)
 from .losses import adore_batch_metrics, adore_loss, build_adore_lists, gather_candidate_embeddings
 from .model import RobertaDot
 from .optim import build_optimizer, param_groups
@@ -121,8 +122,8 @@ class QueryDataset(Dataset):
     """Training queries with at least one relevant passage, in offset order."""
 
     def __init__(self, preprocess_dir: str, max_len: int, n_passages: int, mode: str = "train"):
-        self.cache = TokenCache(token_prefix(preprocess_dir, f"{mode}-query"))
-        path = os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
+        self.cache = TokenCache(token_prefix(preprocess_dir, query_name(mode)))
+        path = qrel_path(preprocess_dir, mode)
         rels = read_offset_qrels(path)
         for q, ps in rels.items():
             if not 0 <= q < len(self.cache) or any(not 0 <= p < n_passages for p in ps):

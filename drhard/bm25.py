@@ -15,7 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .io import DataError, atomic_write, load_offset_map, read_offset_qrels, write_rank
+from .io import (DataError, atomic_write, hard_json_path, load_offset_map, pid2offset_path, qid2offset_path, qrel_path,
+                 rank_path, read_offset_qrels, write_rank)
 from .rawdata import dataset_files, read_collection, read_queries
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 def corpus_by_offset(data_dir: str, data_type: str, preprocess_dir: str) -> List[str]:
     """Texts of the collection ordered by passage offset (the memmap row preprocess gave them)."""
-    pid2offset = load_offset_map(os.path.join(preprocess_dir, "pid2offset.pickle"))
+    map_path = pid2offset_path(preprocess_dir)
+    pid2offset = load_offset_map(map_path)
     texts: List[str] = [""] * len(pid2offset)
     got = np.zeros(len(pid2offset), dtype=bool)
     path = dataset_files(data_dir, data_type)["collection"]
@@ -32,7 +34,7 @@ def corpus_by_offset(data_dir: str, data_type: str, preprocess_dir: str) -> List
         if off is None:
             continue
         if not 0 <= off < len(texts):
-            raise DataError(f"{preprocess_dir}/pid2offset.pickle: offset {off} of pid {pid} is not a row "
+            raise DataError(f"{map_path}: offset {off} of pid {pid} is not a row "
                             f"(0..{len(texts) - 1})")
         if got[off]:
             raise DataError(f"{path}: passage id {pid} appears twice")
@@ -46,7 +48,7 @@ def corpus_by_offset(data_dir: str, data_type: str, preprocess_dir: str) -> List
 
 
 def queries_by_offset(data_dir: str, data_type: str, preprocess_dir: str, mode: str) -> Tuple[List[int], List[str]]:
-    qid2offset = load_offset_map(os.path.join(preprocess_dir, f"{mode}-qid2offset.pickle"))
+    qid2offset = load_offset_map(qid2offset_path(preprocess_dir, mode))
     found: Dict[int, str] = {}
     path = dataset_files(data_dir, data_type)[f"{mode}_queries"]
     for qid, text in read_queries(path):
@@ -75,10 +77,10 @@ def bm25_search(corpus: Sequence[str], queries: Sequence[str], k: int, k1: float
 
 def mine_bm25_negatives(data_dir: str, data_type: str, preprocess_dir: str, output_dir: str, mode: str = "train",
                         topk: int = 200, k1: float = 0.9, b: float = 0.4, threads: int = 0) -> Dict[str, List[int]]:
-    """Write ``<output_dir>/hard.json`` and ``<mode>.rank.tsv`` (offsets) from BM25; return the hard lists."""
+    """Write ``hard.json`` and the ``mode`` rank file (offsets) into ``output_dir`` from BM25; return the hard lists."""
     corpus = corpus_by_offset(data_dir, data_type, preprocess_dir)
     qoffsets, texts = queries_by_offset(data_dir, data_type, preprocess_dir, mode)
-    rels = read_offset_qrels(os.path.join(preprocess_dir, f"{mode}-qrel.tsv"))
+    rels = read_offset_qrels(qrel_path(preprocess_dir, mode))
     logger.info("BM25 over %d passages for %d %s queries (top %d)", len(corpus), len(texts), mode, topk)
     ids, _ = bm25_search(corpus, texts, topk + 10 if topk + 10 <= len(corpus) else len(corpus), k1, b, threads)
     hard: Dict[str, List[int]] = {}
@@ -86,7 +88,7 @@ def mine_bm25_negatives(data_dir: str, data_type: str, preprocess_dir: str, outp
         relevant = set(rels.get(q, ()))
         hard[str(q)] = [int(p) for p in row if int(p) not in relevant][:topk]
     os.makedirs(output_dir, exist_ok=True)
-    write_rank(os.path.join(output_dir, f"{mode}.rank.tsv"), qoffsets, ids)
-    with atomic_write(os.path.join(output_dir, "hard.json")) as f:
+    write_rank(rank_path(output_dir, mode), qoffsets, ids)
+    with atomic_write(hard_json_path(output_dir)) as f:
         json.dump(hard, f)
     return hard

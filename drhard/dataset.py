@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .io import (DataError, TokenCache, data_error, read_meta, read_offset_qrels, token_memmap_path,
-                 token_prefix)
+from .io import (PASSAGES, DataError, TokenCache, data_error, qrel_path, query_name, read_meta, read_offset_qrels,
+                 token_memmap_path, token_prefix)
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +122,20 @@ class TrainQueryDataset(Dataset):
                  seed: int = 42, mode: str = "train"):
         if negative_type not in NEGATIVE_TYPES:
             raise ValueError(f"negative type must be one of {NEGATIVE_TYPES}")
-        self.queries = open_nonempty_cache(preprocess_dir, f"{mode}-query", "queries")
-        self.docs = open_nonempty_cache(preprocess_dir, "passages", "passages")
-        qrel_path = os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
-        rels = read_offset_qrels(qrel_path)
+        self.queries = open_nonempty_cache(preprocess_dir, query_name(mode), "queries")
+        self.docs = open_nonempty_cache(preprocess_dir, PASSAGES, "passages")
+        qrels_file = qrel_path(preprocess_dir, mode)
+        rels = read_offset_qrels(qrels_file)
         n_q, n_p = len(self.queries), len(self.docs)
         for q, ps in rels.items():
             if not 0 <= q < n_q or any(not 0 <= p < n_p for p in ps):
-                raise data_error(qrel_path, None, f"query {q} or its passages lie outside the memmaps "
+                raise data_error(qrels_file, None, f"query {q} or its passages lie outside the memmaps "
                                  f"({n_q} queries, {n_p} passages)")
         self.rels = {q: ps for q, ps in rels.items() if ps}
         self.rel_sets = {q: set(ps) for q, ps in self.rels.items()}
         self.qoffsets = sorted(self.rels)
         if not self.qoffsets:
-            raise data_error(qrel_path, None, "no relevant (query, passage) pair to train on")
+            raise data_error(qrels_file, None, "no relevant (query, passage) pair to train on")
         self.max_query_length = max_query_length
         self.max_doc_length = max_doc_length
         self.negative_type = negative_type

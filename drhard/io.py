@@ -1,10 +1,13 @@
-"""On-disk formats of DRhard, in one place.
+"""On-disk names and formats of DRhard, in one place (docs/formats.md describes them for users).
 
-Every artifact the pipeline reads or writes goes through this module: token-id
-memmaps with their ``_meta`` JSON and ``_length.npy``, the ``*2offset.pickle``
-id maps, offset qrels, rank files and embedding memmaps.  Writers are atomic:
-they write under a temporary name in the same folder and rename when complete,
-so a killed process never leaves a file that a rerun would trust.
+Every artifact the pipeline reads or writes is named here (the "artifact names"
+section: the files of a preprocess folder and the outputs of retrieval) and read
+or written through this module: token-id memmaps with their ``_meta`` JSON and
+``_length.npy``, the id maps, offset qrels, rank files, ``hard.json`` names and
+embedding memmaps.  Writers are atomic: they write under a temporary name in the
+same folder and rename when complete, so a killed process never leaves a file
+that a rerun would trust.  Qrels, run and rank files are read by one line reader
+(``iter_fields``), also used by ``drhard.metrics``.
 
 Words: ``qid``/``pid`` are the collection's ids; ``qoffset``/``poffset`` are
 rows of the memmaps (what preprocess assigned).
@@ -30,6 +33,94 @@ from .errors import DataError, NoSpaceError, data_error  # noqa: F401 - re-expor
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "dev", "test", "lead")
+QREL_MODES = ("train", "dev", "test")  # the modes with qrels ("lead" has none)
+
+
+# --------------------------------------------------------------------------- artifact names
+# The one place where the pipeline's file names are spelled (docs/formats.md has the formats).
+# A preprocess folder (preprocess.py): token caches "passages" and "<mode>-query" (each a
+# <prefix>.memmap, <prefix>_length.npy and <prefix>_meta), the id maps and the offset qrels.
+PASSAGES = "passages"
+PID2OFFSET = "pid2offset.pickle"
+PREPROCESS_MANIFEST = "preprocess_manifest.json"
+COMMIT_MARKER = ".preprocess-commit.json"
+# Outputs of retrieval (star/inference.py, star/prepare_hardneg.py, adore/inference.py, star/bm25_hardneg.py).
+HARD_JSON = "hard.json"
+
+
+def query_name(mode: str) -> str:
+    """Token-cache name of the query set ``mode`` (``dev-query``)."""
+    return f"{mode}-query"
+
+
+def qid2offset_name(mode: str) -> str:
+    return f"{mode}-qid2offset.pickle"
+
+
+def qrel_name(mode: str) -> str:
+    """The offset qrels of ``mode`` in a preprocess folder (``qoffset\\t0\\tpoffset\\trel``)."""
+    return f"{mode}-qrel.tsv"
+
+
+def token_cache_names(name: str) -> List[str]:
+    """The three files of the token cache ``name``: ids, row lengths and meta."""
+    return [name + ".memmap", name + "_length.npy", name + "_meta"]
+
+
+def token_prefix(preprocess_dir: str, name: str) -> str:
+    """Path prefix of the preprocess token memmap ``name`` (``passages``, ``dev-query``, ...).
+
+    The one place that turns a token-cache name into a path: ``TokenCache``,
+    ``read_meta`` and ``check_token_cache`` take what this returns.
+    """
+    return os.path.join(preprocess_dir, name)
+
+
+def pid2offset_path(preprocess_dir: str) -> str:
+    return os.path.join(preprocess_dir, PID2OFFSET)
+
+
+def qid2offset_path(preprocess_dir: str, mode: str) -> str:
+    return os.path.join(preprocess_dir, qid2offset_name(mode))
+
+
+def qrel_path(preprocess_dir: str, mode: str) -> str:
+    return os.path.join(preprocess_dir, qrel_name(mode))
+
+
+def passage_embedding_path(output_dir: str) -> str:
+    """float32 passage embeddings ``[N, dim]``, row = poffset (also ADORE's ``--pembed_path``/``--dmemmap_path``)."""
+    return os.path.join(output_dir, PASSAGES + ".memmap")
+
+
+def passage_id_path(output_dir: str) -> str:
+    return os.path.join(output_dir, PASSAGES + "-id.memmap")
+
+
+def query_embedding_path(output_dir: str, mode: str) -> str:
+    return os.path.join(output_dir, query_name(mode) + ".memmap")
+
+
+def query_id_path(output_dir: str, mode: str) -> str:
+    return os.path.join(output_dir, query_name(mode) + "-id.memmap")
+
+
+def qembed_path(output_dir: str, mode: str) -> str:
+    """ADORE inference's query embeddings (``<mode>.qembed.memmap``)."""
+    return os.path.join(output_dir, f"{mode}.qembed.memmap")
+
+
+def rank_path(output_dir: str, mode: str) -> str:
+    """A run of ``mode``: ``qoffset\\tpoffset\\trank`` (or official ids after cvt_back.py)."""
+    return os.path.join(output_dir, f"{mode}.rank.tsv")
+
+
+def trec_run_path(output_dir: str, mode: str) -> str:
+    return os.path.join(output_dir, f"{mode}.rank.trec")
+
+
+def hard_json_path(output_dir: str) -> str:
+    return os.path.join(output_dir, HARD_JSON)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -146,15 +237,15 @@ def remove_stale_tmp(folder: str) -> List[str]:
 # --------------------------------------------------------------------------- token-id caches
 def token_memmap_path(prefix: str) -> str:
     """The ids of a token cache live in ``<prefix>.memmap`` (beside ``<prefix>_meta``, ``<prefix>_length.npy``)."""
-    return prefix + ".memmap"
-
-
-def meta_path(prefix: str) -> str:
-    return prefix + "_meta"
+    return token_cache_names(prefix)[0]
 
 
 def length_path(prefix: str) -> str:
-    return prefix + "_length.npy"
+    return token_cache_names(prefix)[1]
+
+
+def meta_path(prefix: str) -> str:
+    return token_cache_names(prefix)[2]
 
 
 def write_meta(prefix: str, total_number: int, embedding_size: int, dtype: str = "int32") -> None:
@@ -330,12 +421,18 @@ def _open_text(path: str):
     return open(path, "rb")
 
 
-def _clean_line(path: str, lineno: int, raw: bytes) -> str:
-    """One raw line (bytes, with its ``\\n``) -> text; CR, a BOM and bad UTF-8 are errors naming the line."""
+def _clean_line(path: str, lineno: int, raw: bytes, crlf: bool = False) -> str:
+    """One raw line (bytes, with its ``\\n``) -> text; a CR, a BOM and bad UTF-8 are errors naming the line.
+
+    ``crlf``: a CR right before the ``\\n`` (a CRLF line ending) is dropped instead of refused, as
+    the official MS MARCO evaluation script strips it; a CR anywhere else is still an error.
+    """
     if raw.endswith(b"\n"):
         raw = raw[:-1]
+    if crlf and raw.endswith(b"\r"):
+        raw = raw[:-1]
     if b"\r" in raw:
-        if raw.endswith(b"\r"):
+        if raw.endswith(b"\r") and not crlf:
             raise data_error(path, lineno, "CRLF line ending (convert the file with dos2unix)")
         raise data_error(path, lineno, "carriage return inside the line (a lone CR line break?)")
     if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -346,15 +443,27 @@ def _clean_line(path: str, lineno: int, raw: bytes) -> str:
         raise data_error(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
-def iter_lines(path: str) -> Iterator[Tuple[int, str]]:
+def iter_lines(path: str, crlf: bool = False) -> Iterator[Tuple[int, str]]:
     """Yield ``(lineno, line)`` without the newline; CR, BOM and bad UTF-8 are errors.
 
     Lines are split on ``\\n`` only and decoded one by one, so an error names the
-    line that holds the bad byte.
+    line that holds the bad byte.  ``crlf`` tolerates CRLF line endings (``_clean_line``).
     """
     with _open_text(path) as f:
         for lineno, raw in enumerate(f, 1):
-            yield lineno, _clean_line(path, lineno, raw)
+            yield lineno, _clean_line(path, lineno, raw, crlf)
+
+
+def iter_fields(path: str, crlf: bool = False) -> Iterator[Tuple[int, List[str]]]:
+    """Yield ``(lineno, white-space split fields)`` of the non-blank lines of a qrels, run or rank file.
+
+    The one reader of these files (``read_offset_qrels``, ``iter_rank_lines`` and
+    ``drhard.metrics``): line rules of ``iter_lines``; ``crlf`` as there.
+    """
+    for lineno, line in iter_lines(path, crlf):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
 
 
 def parse_int(path: str, lineno: int, value: str, what: str) -> int:
@@ -371,10 +480,7 @@ def read_offset_qrels(path: str, min_rel: int = 1) -> "OrderedDict[int, List[int
     Every query of the file is a key, even when none of its lines is relevant.
     """
     rels: "OrderedDict[int, List[int]]" = OrderedDict()
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
-        cols = line.split()
+    for lineno, cols in iter_fields(path):
         if len(cols) != 4:
             raise data_error(path, lineno, f"expected 4 columns 'qid 0 pid rel', got {len(cols)}")
         q = parse_int(path, lineno, cols[0], "query id")
@@ -393,10 +499,7 @@ def iter_rank_lines(path: str, offsets: bool = False) -> Iterator[Tuple[int, int
     """
     what, qname, pname = (("qoffset poffset rank", "query offset", "passage offset") if offsets
                           else ("qid pid rank", "query id", "passage id"))
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
-        cols = line.split()
+    for lineno, cols in iter_fields(path):
         if len(cols) != 3:
             raise data_error(path, lineno, f"expected 3 columns '{what}', got {len(cols)}")
         q = parse_int(path, lineno, cols[0], qname)
@@ -510,16 +613,6 @@ def allocate_file(path: str, nbytes: int, what: str = "the output") -> None:
     os.close(fd)
 
 
-# --------------------------------------------------------------------------- artifact names
-def token_prefix(preprocess_dir: str, name: str) -> str:
-    """Path prefix of the preprocess token memmap ``name`` (``passages``, ``dev-query``, ...).
-
-    The one place that turns a token-cache name into a path: ``TokenCache``,
-    ``read_meta`` and ``check_token_cache`` take what this returns.
-    """
-    return os.path.join(preprocess_dir, name)
-
-
 # --------------------------------------------------------------------------- preprocess output set
 # preprocess.py writes its outputs as one set: every file is staged, then
 #   1. COMMIT_MARKER is written (atomically) into the folder, listing the files about to move;
@@ -530,8 +623,6 @@ def token_prefix(preprocess_dir: str, name: str) -> str:
 # manifest records every file of the set (``set_file_record``); readers compare the files they
 # read with it, which catches files copied in from another run.  A folder without a manifest
 # (written by the original code) has nothing to compare against and stays readable.
-PREPROCESS_MANIFEST = "preprocess_manifest.json"
-COMMIT_MARKER = ".preprocess-commit.json"
 SET_FULL_HASH_LIMIT = 16 * 2 ** 20  # files up to this size are hashed whole (reading them costs < 20 ms)
 SET_EDGE_BYTES = 2 ** 20            # larger ones: sha256 of their first and last MiB (a 22 GB memmap)
 MIXED_SET = "an interrupted preprocess.py commit left a mixed set of files (some from an earlier run): " \
@@ -540,11 +631,11 @@ MIXED_SET = "an interrupted preprocess.py commit left a mixed set of files (some
 
 def set_companions(name: str) -> List[str]:
     """Files a reader of the token cache ``name`` uses with it: the id map (and the qrels)."""
-    if name == "passages":
-        return ["pid2offset.pickle"]
-    if name.endswith("-query") and name[: -len("-query")] in MODES:
-        mode = name[: -len("-query")]
-        return [f"{mode}-qid2offset.pickle", f"{mode}-qrel.tsv"]
+    if name == PASSAGES:
+        return [PID2OFFSET]
+    for mode in MODES:
+        if name == query_name(mode):
+            return [qid2offset_name(mode), qrel_name(mode)]
     return []
 
 

@@ -36,7 +36,7 @@ import platform
 import sys
 from typing import Any, Dict, Mapping, Optional
 
-from .io import DataError, atomic_write
+from .io import PREPROCESS_MANIFEST, DataError, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ SCHEMA = "drhard-lineage/1"
 SUFFIX = ".manifest.json"
 FULL_HASH_LIMIT = 64 * 2 ** 20
 EDGE_BYTES = 2 ** 20
-PREPROCESS_MANIFEST = "preprocess_manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # files that define a vocabulary (tokenizer_config.json & co. alone do not)
 VOCAB_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "spiece.model",

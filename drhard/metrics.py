@@ -16,7 +16,7 @@ printed float is the same to the last digit.
 Relevance.  The official script counts **every** qrels line as relevant,
 whatever its grade, and so do we by default (``min_rel`` None): MS MARCO qrels
 hold only label-1 lines, so nothing changes there, and on graded qrels (TREC DL
-``2019qrels-pass.txt``, a preprocess ``test-qrel.tsv`` made from it, which hold
+``2019qrels-pass.txt``, and the preprocess test qrels made from it, which hold
 many grade-0 "judged non-relevant" lines) the MRR printed is the official
 number.  Recall follows the same rule, so MRR and Recall agree on what is
 relevant.  ``min_rel`` = g (``msmarco_eval.py --min_rel g``) is the opt-in
@@ -48,11 +48,10 @@ lines.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from typing import Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from drhard.io import DataError, data_error
+from .io import DataError, data_error, iter_fields, parse_int, qrel_name
 
 logger = logging.getLogger(__name__)
 
@@ -66,40 +65,15 @@ DOC_K = 100
 
 # --------------------------------------------------------------------------- readers
 def _iter_fields(path: str) -> Iterator[Tuple[int, List[str]]]:
-    """Yield ``(lineno, whitespace-split fields)`` of non-blank lines.
-
-    CRLF is tolerated here (some MS MARCO downloads use it and the official
-    script strips it); a lone CR, a byte-order mark and bad UTF-8 are errors
-    naming the line (lines are decoded one by one).
-    """
-    if not os.path.exists(path):
-        raise data_error(path, None, "file not found")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raise data_error(path, lineno, "starts with a UTF-8 byte-order mark (remove it)")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise data_error(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if "\r" in line.rstrip("\n")[:-1]:
-                raise data_error(path, lineno, "carriage return inside the line (a lone CR line break?)")
-            fields = line.split()
-            if fields:
-                yield lineno, fields
-
-
-def _int(path: str, lineno: int, value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise data_error(path, lineno, f"{what} {value!r} is not an integer") from None
+    """``drhard.io.iter_fields`` with CRLF tolerated (some MS MARCO downloads use it and the official
+    script strips it); a lone CR, a byte-order mark and bad UTF-8 are errors naming the line."""
+    return iter_fields(path, crlf=True)
 
 
 def _qid(path: str, lineno: int, value: str) -> str:
     if value.isdigit() and (value[0] != "0" or value == "0"):
         return value
-    return str(_int(path, lineno, value, "query id"))
+    return str(parse_int(path, lineno, value, "query id"))
 
 
 def _pid(path: str, lineno: int, value: str, doc: bool) -> str:
@@ -119,7 +93,7 @@ def _pid(path: str, lineno: int, value: str, doc: bool) -> str:
 def read_qrels(path: str, doc: bool = False) -> "OrderedDict[str, Dict[str, int]]":
     """``qid 0|Q0 pid grade`` (tab or space separated) -> ``{qid: {pid: grade}}`` in file order.
 
-    Reads MS MARCO qrels, preprocess ``<mode>-qrel.tsv`` (offsets) and TREC
+    Reads MS MARCO qrels, preprocess offset qrels (``drhard.io.qrel_name``) and TREC
     qrels alike.  A repeated pair with the same grade is ignored; with another
     grade it is an error.
     """
@@ -130,7 +104,7 @@ def read_qrels(path: str, doc: bool = False) -> "OrderedDict[str, Dict[str, int]
             raise data_error(path, lineno, f"expected 4 columns 'qid 0 pid grade', got {len(cols)}")
         qid = _qid(path, lineno, cols[0])
         pid = _pid(path, lineno, cols[2], doc)
-        grade = _int(path, lineno, cols[3], "relevance grade")
+        grade = parse_int(path, lineno, cols[3], "relevance grade")
         judged = qrels.setdefault(qid, {})
         if pid in judged and judged[pid] != grade:
             raise data_error(path, lineno, f"query {qid} passage {pid} judged again with grade {grade} "
@@ -157,7 +131,7 @@ def _parse_run_line(path: str, lineno: int, cols: List[str], doc: bool) -> Tuple
     else:
         raise data_error(path, lineno, f"expected 'qid pid rank' or 'qid Q0 pid rank score tag', "
                          f"got {len(cols)} columns")
-    rank = _int(path, lineno, r, "rank")
+    rank = parse_int(path, lineno, r, "rank")
     if rank < 1:
         raise data_error(path, lineno, f"rank {rank} is not 1-based")
     return _qid(path, lineno, q), _pid(path, lineno, p, doc), rank
@@ -331,7 +305,7 @@ def id_scheme_warnings(qrels: Qrels, run: Run, k: int = DEFAULT_K, min_rel: Opti
     msgs = []
     ref_q, run_q = set(qrels), set(run)
     common = ref_q & run_q
-    hint = ("offsets are preprocess rows: score them against <preprocess_dir>/<mode>-qrel.tsv, "
+    hint = (f"offsets are preprocess rows: score them against <preprocess_dir>/{qrel_name('<mode>')}, "
             "or convert the run back to official ids with cvt_back.py first")
     if len(common) < 0.5 * len(ref_q):
         msg = (f"only {len(common)} of the {len(ref_q)} queries of {ref_name} are ranked in {run_name} "

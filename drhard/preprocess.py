@@ -1,14 +1,11 @@
 """MS MARCO text -> DRhard token-id memmaps (what ``preprocess.py`` runs).
 
 Outputs in ``out_data_dir`` are the original's, byte for byte for the same input and
-vocabulary (SPEC section 3):
-
-- ``passages.memmap`` int32 ``[N, max_seq_length]`` zero-padded rows, ``passages_length.npy``
-  (int32), ``passages_meta`` (JSON), ``pid2offset.pickle`` (pid -> row; doc ids without ``D``);
-- per mode in train/dev/test/lead: ``<mode>-query.memmap`` ``[Q, max_query_length]``,
-  ``<mode>-query_length.npy``, ``<mode>-query_meta``, ``<mode>-qid2offset.pickle`` and, for
-  train/dev/test, ``<mode>-qrel.tsv`` (``qoffset\\t0\\tpoffset\\trel`` in qrels-file order).
-  train/dev/test keep the queries that have a qrels line, in query-file order; lead keeps all.
+vocabulary: the token caches ``passages`` (``[N, max_seq_length]`` int32 rows) and
+``<mode>-query`` for train/dev/test/lead (``[Q, max_query_length]``), the id maps and, for
+train/dev/test, the offset qrels in qrels-file order (names in ``drhard.io``, formats in
+docs/formats.md).  train/dev/test keep the queries that have a qrels line, in query-file
+order; lead keeps all.
 
 Plus one extra file, ``preprocess_manifest.json`` (flags, tokenizer fingerprint, pad id, row
 counts, input sizes and sha256, lines with extra columns, and ``files``: size and sha256 of
@@ -84,39 +81,14 @@ import numpy as np
 
 from . import io as dio
 from .io import DataError, data_error
+from .rawdata import INPUT_FILES, input_names, parse_collection_line, parse_data_type, parse_qrels_line, parse_query_line
 
 logger = logging.getLogger(__name__)
 
-SEP = "<sep>"
-MEMMAP_SUFFIX = ".memmap"
 MANIFEST = dio.PREPROCESS_MANIFEST
 STAGE_PREFIX = ".preprocess.tmp-"
 BLOCK_BYTES = 1 << 20
 QUERY_BLOCK = 2000
-
-INPUT_FILES = {
-    "passage": {"collection": "collection.tsv",
-                "train": ("queries.train.tsv", "qrels.train.tsv"),
-                "dev": ("queries.dev.small.tsv", "qrels.dev.small.tsv"),
-                "test": ("msmarco-test2019-queries.tsv", "2019qrels-pass.txt"),
-                "lead": ("queries.eval.small.tsv", None)},
-    "doc": {"collection": "msmarco-docs.tsv",
-            "train": ("msmarco-doctrain-queries.tsv", "msmarco-doctrain-qrels.tsv"),
-            "dev": ("msmarco-docdev-queries.tsv", "msmarco-docdev-qrels.tsv"),
-            "test": ("msmarco-test2019-queries.tsv", "2019qrels-docs.txt"),
-            "lead": ("docleaderboard-queries.tsv", None)},
-}
-
-
-def parse_data_type(value) -> str:
-    """``0``/``doc`` -> ``doc``, ``1``/``passage`` -> ``passage`` (the original used 0/1)."""
-    v = str(value).strip().lower()
-    if v in ("0", "doc"):
-        return "doc"
-    if v in ("1", "passage"):
-        return "passage"
-    raise ValueError(f"data_type must be 0/doc or 1/passage, not {value!r}")
-
 
 @dataclass
 class PreprocessArgs:
@@ -133,59 +105,7 @@ class PreprocessArgs:
     command: List[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- line parsing
-def _check_raw(path: str, lineno: int, line: str) -> None:
-    if "\r" in line:
-        raise data_error(path, lineno, "carriage return (CRLF line endings?); convert the file with dos2unix")
-
-
-def parse_collection_line(kind: str, path: str, lineno: int, line: str,
-                          max_doc_character: int) -> Tuple[int, str, bool]:
-    """``(pid, text, extra)`` of one collection line, the text exactly as the original built it.
-
-    The original used the first columns and ignored any further ones; so do we (``extra``
-    says the line had more columns than that).  Too few columns are an error, as they were.
-    """
-    _check_raw(path, lineno, line)
-    if kind == "passage":
-        cols = line.strip().split("\t")
-        if len(cols) == 1 and "\t" in line:  # 'pid<TAB>   ': the text is white space only
-            raise data_error(path, lineno, f"passage {cols[0]!r} has an empty text")
-        if len(cols) < 2:
-            raise data_error(path, lineno, f"expected 2 tab-separated columns 'pid<TAB>text', got {len(cols)}")
-        pid = dio.parse_int(path, lineno, cols[0], "passage id")
-        text = cols[1].rstrip()[:max_doc_character]
-        if not text:
-            raise data_error(path, lineno, f"passage {pid} has an empty text")
-        return pid, text, len(cols) > 2
-    cols = line.split("\t")
-    if len(cols) < 4:
-        raise data_error(path, lineno, f"expected 4 tab-separated columns 'D<id> url title body', got {len(cols)}")
-    return (parse_doc_id(path, lineno, cols[0]),
-            (cols[1].rstrip() + SEP + cols[2].rstrip() + SEP + cols[3].rstrip())[:max_doc_character],
-            len(cols) > 4)
-
-
-def parse_doc_id(path: str, lineno: int, value: str) -> int:
-    if not value.startswith("D"):
-        raise data_error(path, lineno, f"document id {value!r} does not start with 'D'")
-    return dio.parse_int(path, lineno, value[1:], "document id")
-
-
-def parse_query_line(path: str, lineno: int, line: str) -> Tuple[int, str, bool]:
-    """``(qid, text, extra)``: columns 0 and 1 of ``line.split('\\t')`` as the original; ``extra``
-    says there were more."""
-    _check_raw(path, lineno, line)
-    cols = line.split("\t")
-    if len(cols) < 2:
-        raise data_error(path, lineno, f"expected 2 tab-separated columns 'qid<TAB>text', got {len(cols)}")
-    qid = dio.parse_int(path, lineno, cols[0], "query id")
-    text = cols[1].rstrip()
-    if not text:
-        raise data_error(path, lineno, f"query {qid} has an empty text")
-    return qid, text, len(cols) > 2
-
-
+# --------------------------------------------------------------------------- lines with extra columns
 class ExtraColumns:
     """Lines of one input file that had more tab-separated columns than were used: a count and
     the first ``FIRST`` line numbers (reported at the end of the run and in the manifest)."""
@@ -397,20 +317,14 @@ def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
     if rfile is not None:
         rpath = os.path.join(data_dir, rfile)
         for lineno, line in dio.iter_lines(rpath):
-            cols = line.split()
-            if len(cols) != 4:
-                raise data_error(rpath, lineno, f"expected 4 columns 'qid 0 pid rel', got {len(cols)}")
-            qid = dio.parse_int(rpath, lineno, cols[0], "query id")
-            pid = parse_doc_id(rpath, lineno, cols[2]) if kind == "doc" else \
-                dio.parse_int(rpath, lineno, cols[2], "passage id")
-            dio.parse_int(rpath, lineno, cols[3], "relevance")
+            qid, pid, rel = parse_qrels_line(kind, rpath, lineno, line)
             if qid not in seen:
                 raise data_error(rpath, lineno, f"query id {qid} has no line in {qpath}")
-            qrels.append((lineno, qid, pid, cols[3]))
+            qrels.append((lineno, qid, pid, rel))
         if not qrels:
-            logger.warning("%s is empty: %s-query will have no rows", rpath, mode)
+            logger.warning("%s is empty: %s will have no rows", rpath, dio.query_name(mode))
     if not qids:
-        logger.warning("%s is empty: %s-query will have no rows", qpath, mode)
+        logger.warning("%s is empty: %s will have no rows", qpath, dio.query_name(mode))
     return _QuerySet(mode, qpath, rpath, qids, texts, qrels, extra)
 
 
@@ -422,15 +336,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-PASSAGE_FILES = ("passages.memmap", "passages_length.npy", "passages_meta", "pid2offset.pickle")
+PASSAGE_FILES = tuple(dio.token_cache_names(dio.PASSAGES)) + (dio.PID2OFFSET,)
 
 
 def output_names() -> List[str]:
-    """Every file name preprocess writes (a mode without qrels has no ``-qrel.tsv``)."""
+    """Every file name preprocess writes (a mode without qrels has no qrels file)."""
     names = list(PASSAGE_FILES)
     for mode in dio.MODES:
-        names += [f"{mode}-query.memmap", f"{mode}-query_length.npy", f"{mode}-query_meta",
-                  f"{mode}-qid2offset.pickle"] + ([f"{mode}-qrel.tsv"] if mode != "lead" else [])
+        names += dio.token_cache_names(dio.query_name(mode)) + [dio.qid2offset_name(mode)]
+        names += [dio.qrel_name(mode)] if mode in dio.QREL_MODES else []
     return names + [MANIFEST]
 
 
@@ -438,14 +352,14 @@ def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str,
                        collection_sha256: str) -> Optional[Tuple[Dict[int, int], Optional[dict]]]:
     """``(pid2offset, old manifest or None)`` when the passages in ``out_dir`` are complete and were
     made from a collection with this content (sha256), this tokenizer and these flags."""
-    prefix = os.path.join(out_dir, "passages")
+    prefix = dio.token_prefix(out_dir, dio.PASSAGES)
     try:
         _meta, n = dio.check_token_cache(prefix)  # sizes agree; files match the manifest's records
         if _meta["embedding_size"] != args.max_seq_length:
             return None
         if len(np.load(dio.length_path(prefix), mmap_mode="r")) != n:
             return None
-        pid2offset = dio.load_offset_map(os.path.join(out_dir, "pid2offset.pickle"))
+        pid2offset = dio.load_offset_map(dio.pid2offset_path(out_dir))
         if len(pid2offset) != n:
             return None
     except (DataError, OSError, ValueError):
@@ -529,7 +443,7 @@ def preprocess(args: PreprocessArgs) -> dict:
     args.data_type = kind
     check_lengths(args)
     files = INPUT_FILES[kind]
-    needed = [files["collection"]] + [f for m in dio.MODES for f in files[m] if f is not None]
+    needed = input_names(kind)
     missing = [f for f in needed if not os.path.isfile(os.path.join(args.data_dir, f))]
     if missing:
         raise data_error(args.data_dir, None, "missing input files: " + ", ".join(missing))
@@ -576,15 +490,15 @@ def preprocess(args: PreprocessArgs) -> dict:
             if isinstance(old_extra, dict):
                 extra.add(old_extra.get("lines", 0), old_extra.get("first_lines", []))
             reused = True
-        rows["passages"] = len(pid2offset)
+        rows[dio.PASSAGES] = len(pid2offset)
         extra_columns = {files["collection"]: extra}
 
         for qs in query_sets:
             n, nq = _write_query_set(kind, qs, pid2offset, args, stage, pool)
-            rows[f"{qs.mode}-query"] = n
+            rows[dio.query_name(qs.mode)] = n
             extra_columns[os.path.basename(qs.query_path)] = qs.extra
             if nq is not None:
-                qrel_lines[f"{qs.mode}-qrel.tsv"] = nq
+                qrel_lines[dio.qrel_name(qs.mode)] = nq
         if pool is not None:
             pool.close()
             pool = None
@@ -751,8 +665,8 @@ def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _Ord
     from tqdm import tqdm
 
     path = os.path.join(args.data_dir, INPUT_FILES[kind]["collection"])
-    prefix = os.path.join(stage, "passages")
-    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_seq_length, n_lines, "the passages memmap")
+    prefix = dio.token_prefix(stage, dio.PASSAGES)
+    writer = _RowWriter(dio.token_memmap_path(prefix), args.max_seq_length, n_lines, "the passages memmap")
     pids = array.array("q")
     extra = ExtraColumns()
     digest = hashlib.sha256()
@@ -787,7 +701,7 @@ def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _Ord
         raise data_error(path, int(second[k]) + 1, f"duplicate id {int(ids[second[k]])} (first on line {first_line})")
     _save_token_cache(prefix, lengths, args.max_seq_length)
     pid2offset = dict(zip(ids.tolist(), range(len(ids))))
-    _save_pickle(os.path.join(stage, "pid2offset.pickle"), pid2offset)
+    _save_pickle(dio.pid2offset_path(stage), pid2offset)
     logger.info("%d passages tokenized", len(ids))
     return pid2offset, extra
 
@@ -806,8 +720,9 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
     qid2offset = {qs.qids[i]: row for row, i in enumerate(keep)}
     texts = [qs.texts[i] for i in keep]
 
-    prefix = os.path.join(stage, f"{qs.mode}-query")
-    writer = _RowWriter(prefix + MEMMAP_SUFFIX, args.max_query_length, len(texts), f"the {qs.mode}-query memmap")
+    prefix = dio.token_prefix(stage, dio.query_name(qs.mode))
+    writer = _RowWriter(dio.token_memmap_path(prefix), args.max_query_length, len(texts),
+                        f"the {dio.query_name(qs.mode)} memmap")
     tasks = ((texts[s:s + QUERY_BLOCK], args.max_query_length) for s in range(0, len(texts), QUERY_BLOCK))
     try:
         for flat, lengths in pool.map(_query_block, tasks):
@@ -817,10 +732,10 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
         raise
     lengths = writer.close()
     _save_token_cache(prefix, lengths, args.max_query_length)
-    _save_pickle(os.path.join(stage, f"{qs.mode}-qid2offset.pickle"), qid2offset)
+    _save_pickle(dio.qid2offset_path(stage, qs.mode), qid2offset)
     if qs.qrels_path is None:
         return len(keep), None
-    with open(os.path.join(stage, f"{qs.mode}-qrel.tsv"), "w", encoding="utf-8", newline="\n") as f:
+    with open(dio.qrel_path(stage, qs.mode), "w", encoding="utf-8", newline="\n") as f:
         for _lineno, qid, pid, rel in qs.qrels:
             f.write(f"{qid2offset[qid]}\t0\t{pid2offset[pid]}\t{rel}\n")
     return len(keep), len(qs.qrels)

@@ -5,10 +5,9 @@ The steps ``star/inference.py``, ``star/prepare_hardneg.py`` and
 query row ``q`` of ``<mode>-query`` is ``qoffset`` q, passage row ``p`` is
 ``poffset`` p, and rank files read ``qoffset\\tpoffset\\trank``.
 
-Output names (in the output directory, as the original writes them):
-``passages.memmap`` / ``passages-id.memmap``, ``<mode>-query.memmap`` /
-``<mode>-query-id.memmap`` (float32 embeddings, int32 offsets) and
-``<mode>.rank.tsv``.
+Output names (in the output directory, as the original writes them) come from
+``drhard.io`` (``passage_embedding_path``, ``query_embedding_path``, ``rank_path``...):
+float32 embeddings, int32 offsets and the rank file of each mode.
 
 The scripts check every input they will read (``open_token_cache``,
 ``check_qrels_offsets``, ``open_passage_embeddings``) and that the output folder
@@ -32,44 +31,14 @@ from .cli import naming_output
 from .encode import embeddings_complete, embedding_size, encode_to_memmap, model_fingerprint, tokens_fingerprint
 from .errors import DataError, data_error
 from .finite import check_finite_rows
-from .io import (TokenCache, atomic_write, check_free_space, read_meta, remove_stale_tmp, save_array_memmap,
-                 token_memmap_path, token_prefix, write_rank)
+from .io import (PASSAGES, TokenCache, atomic_write, check_free_space, meta_path, passage_embedding_path,
+                 passage_id_path, query_embedding_path, query_id_path, query_name, rank_path, read_meta,
+                 remove_stale_tmp, save_array_memmap, token_memmap_path, token_prefix, write_rank)
 
 logger = logging.getLogger(__name__)
 
-PASSAGES = "passages"
 
-
-# --------------------------------------------------------------------------- names
-def query_name(mode: str) -> str:
-    """Token-cache name of a query set in the preprocess dir (``dev-query``)."""
-    return f"{mode}-query"
-
-
-def passage_embedding_path(output_dir: str) -> str:
-    return os.path.join(output_dir, "passages.memmap")
-
-
-def passage_id_path(output_dir: str) -> str:
-    return os.path.join(output_dir, "passages-id.memmap")
-
-
-def query_embedding_path(output_dir: str, mode: str) -> str:
-    return os.path.join(output_dir, f"{mode}-query.memmap")
-
-
-def query_id_path(output_dir: str, mode: str) -> str:
-    return os.path.join(output_dir, f"{mode}-query-id.memmap")
-
-
-def rank_path(output_dir: str, mode: str) -> str:
-    return os.path.join(output_dir, f"{mode}.rank.tsv")
-
-
-def qrel_path(preprocess_dir: str, mode: str) -> str:
-    return os.path.join(preprocess_dir, f"{mode}-qrel.tsv")
-
-
+# --------------------------------------------------------------------------- outputs
 def dense_retrieval_outputs(output_dir: str, mode: str) -> Dict[str, str]:
     """Label -> path of every file ``dense_retrieval`` writes for ``mode`` (for lineage manifests)."""
     q = query_name(mode)
@@ -109,7 +78,7 @@ def open_token_cache(preprocess_dir: str, name: str) -> TokenCache:
         raise data_error(token_memmap_path(prefix), None,
                          f"holds no rows (the {name} set is empty: its input file had no lines): nothing to encode")
     if meta["embedding_size"] < 1:
-        raise data_error(prefix + "_meta", None, f"row width {meta['embedding_size']} is not positive")
+        raise data_error(meta_path(prefix), None, f"row width {meta['embedding_size']} is not positive")
     return TokenCache(prefix)
 
 

@@ -17,15 +17,15 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from drhard.bm25 import mine_bm25_negatives
-from drhard.io import DataError
+from drhard.io import DataError, qrel_path, rank_path
 from drhard.metrics import evaluate_run, format_report
-from drhard.rawdata import normalize_data_type
+from drhard.rawdata import parse_data_type
 
 
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_type", required=True, type=normalize_data_type, help="passage|doc (or 1|0)")
+    p.add_argument("--data_type", required=True, type=parse_data_type, help="passage|doc (or 1|0)")
     p.add_argument("--mode", default="train", choices=["train", "dev", "test", "lead"])
     p.add_argument("--topk", type=int, default=200, help="non-relevant passages kept per query")
     p.add_argument("--k1", type=float, default=0.9)
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
                             threads=a.threads)
         if a.mode != "lead":
             k = 100 if a.data_type == "doc" else 10
-            metrics = evaluate_run(os.path.join(pre, f"{a.mode}-qrel.tsv"), os.path.join(out, f"{a.mode}.rank.tsv"), k=k)
+            metrics = evaluate_run(qrel_path(pre, a.mode), rank_path(out, a.mode), k=k)
             print(f"BM25 on the {a.mode} queries:")
             print(format_report(metrics))
     except (DataError, ValueError) as e:

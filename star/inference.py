@@ -29,11 +29,11 @@ except ImportError:  # run from a checkout without `pip install .`
 from drhard.cli import dir_path, int_at_least, run
 from drhard.device import resolve_device
 from drhard.finite import check_model_finite
-from drhard.io import MODES
+from drhard.io import MODES, PASSAGES, query_name
 from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import RobertaDot
-from drhard.retrieval import (PASSAGES, check_not_preprocess_dir, dense_retrieval, dense_retrieval_outputs,
-                              open_token_cache, passage_count, prepare_output_dir, query_name, total_batch_size)
+from drhard.retrieval import (check_not_preprocess_dir, dense_retrieval, dense_retrieval_outputs, open_token_cache,
+                              passage_count, prepare_output_dir, total_batch_size)
 
 
 def parse_args(argv=None):

@@ -5,7 +5,7 @@
 
 STAR trains on the training queries, so ``hard.json`` is always built from the
 ``train`` queries: ``{"<qoffset>": [topk non-relevant poffsets in rank order]}``
-for every training query (relevance from ``train-qrel.tsv``).  ``--mode``
+for every training query (relevance from the train qrels).  ``--mode``
 (default ``train``) names the query set whose retrieval is also evaluated and
 printed; ``--mode dev`` as in the original README therefore writes the dev run
 and its MRR (a check of the warmup model) *and* the train run + ``hard.json``.
@@ -19,8 +19,8 @@ retrieved mode, ``hard.json`` and the lineage record ``prepare_hardneg.manifest.
 (drhard/lineage.py).  A model whose tokenizer files differ from the tokenizer that made
 ``--preprocess_dir`` is refused (``--allow_tokenizer_mismatch`` goes on anyway).
 
-Before any encoding: flags are range-checked (exit 2), ``train-qrel.tsv`` and the
-``<mode>-qrel.tsv`` to evaluate are read (offsets must be rows of the caches), every
+Before any encoding: flags are range-checked (exit 2), the train qrels and the qrels
+of the mode to evaluate are read (offsets must be rows of the caches), every
 token cache is checked (an empty query set is an error naming its file), the model is
 loaded and its weights checked for NaN/inf, and the output folder must take files.
 The printed MRR is the official one (every qrels line relevant, as ``msmarco_eval.py``).
@@ -39,13 +39,12 @@ from drhard.cli import dir_path, int_at_least, run
 from drhard.device import resolve_device
 from drhard.finite import check_model_finite
 from drhard.index import visible_faiss_gpus
-from drhard.io import MODES, read_offset_qrels
+from drhard.io import HARD_JSON, MODES, PASSAGES, hard_json_path, qrel_name, qrel_path, query_name, read_offset_qrels
 from drhard.lineage import OVERRIDE_FLAG, check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import RobertaDot
-from drhard.retrieval import (PASSAGES, check_not_preprocess_dir, check_qrels_offsets, dense_retrieval,
-                              dense_retrieval_outputs, evaluate_offsets, hard_negatives, open_token_cache,
-                              passage_count, prepare_output_dir, qrel_path, query_name, read_eval_qrels,
-                              total_batch_size, write_hard_json)
+from drhard.retrieval import (check_not_preprocess_dir, check_qrels_offsets, dense_retrieval, dense_retrieval_outputs,
+                              evaluate_offsets, hard_negatives, open_token_cache, passage_count, prepare_output_dir,
+                              read_eval_qrels, total_batch_size, write_hard_json)
 
 logger = logging.getLogger("star.prepare_hardneg")
 
@@ -125,13 +124,13 @@ def main(argv=None):
             if short:
                 logger.warning("%d train queries have fewer than %d hard negatives (relevant passages in "
                                "their top %d)", short, args.topk, args.topk + 10)
-            hard_path = os.path.join(args.output_dir, "hard.json")
+            hard_path = hard_json_path(args.output_dir)
             write_hard_json(hard_path, negatives)
             logger.info("wrote %s: %d training queries, %d negatives each", hard_path, len(negatives), args.topk)
-            outputs["hard.json"] = hard_path
+            outputs[HARD_JSON] = hard_path
     write_manifest(args.output_dir, "prepare_hardneg",
                    preprocess_inputs(args.preprocess_dir, [PASSAGES] + [query_name(m) for m in modes],
-                                     [os.path.basename(qrel_path(args.preprocess_dir, m)) for m in modes]),
+                                     [qrel_name(m) for m in modes]),
                    args=args, model_dir=args.model_path, model=model, tokenizer=tokenizer, outputs=outputs, rows=rows)
 
 

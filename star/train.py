@@ -37,6 +37,7 @@ from transformers.training_args import ParallelMode
 from drhard import cli
 from drhard.dataset import NEGATIVE_TYPES, TrainCollator, TrainQueryDataset
 from drhard.errors import DataError
+from drhard.io import PASSAGES, qrel_name, query_name
 from drhard.lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from drhard.model import RobertaDot
 from drhard.star_trainer import (RESUME_AUTO, DenseTrainer, EpochToDataset, SaveEveryEpoch, StopAtStep,
@@ -226,13 +227,13 @@ def main(argv=None) -> None:
     else:
         trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(train_args.output_dir)
-    inputs = preprocess_inputs(data_args.preprocess_dir, ["passages", "train-query"], ["train-qrel.tsv"])
+    inputs = preprocess_inputs(data_args.preprocess_dir, [PASSAGES, query_name("train")], [qrel_name("train")])
     if data_args.hardneg_path:
         inputs["hardneg"] = data_args.hardneg_path
     write_manifest(train_args.output_dir, "star-train", inputs, {"init_path": model_args.init_path},
                    args={**vars(model_args), **vars(data_args), **train_args.to_dict()},
                    model_dir=train_args.output_dir, model=model, tokenizer=tokenizer,
-                   rows={"train-query": len(dataset), "passages": len(dataset.docs)})
+                   rows={query_name("train"): len(dataset), PASSAGES: len(dataset.docs)})
     logger.info("model saved to %s", train_args.output_dir)
 
 

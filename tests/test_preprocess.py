@@ -12,7 +12,8 @@ import pytest
 import drhard.preprocess as pp
 from conftest import REPO, shared_path
 from drhard.io import DataError
-from drhard.preprocess import INPUT_FILES, PreprocessArgs, preprocess
+from drhard.preprocess import PreprocessArgs, preprocess
+from drhard.rawdata import INPUT_FILES
 from drhard.tokenization import load_tokenizer
 from toy_data import make_tiny_tokenizer, make_toy_msmarco
 
