@@ -1,5 +1,11 @@
 """Exact search side by side: faiss IndexFlatIP in RAM vs streamed search (fp32 and fp16 files) vs TorchFlatIndex.
 
+Variants: ``faiss`` (``drhard.index``: the whole matrix in an IndexFlatIP),
+``stream-fp32`` / ``stream-fp16`` (``search_memmap`` on the float32 / float16
+file, faiss scorer), ``stream-fp32-torch`` (the same with the torch scorer),
+``torch-fp32`` / ``torch-fp16`` (``TorchFlatIndex`` on the CPU, fp32 / fp16
+storage).
+
     python bench/search.py                     # N 200k x 768, 2000 queries, k 200
     python bench/search.py --n 1000000 --queries 500
 
@@ -35,7 +41,7 @@ except ImportError:  # run from a checkout without `pip install .`
 
 import numpy as np
 
-VARIANTS = ("faiss", "stream-fp32", "stream-fp16", "torch-fp32", "torch-fp16")
+VARIANTS = ("faiss", "stream-fp32", "stream-fp16", "stream-fp32-torch", "torch-fp32", "torch-fp16")
 GEN_ROWS = 65536
 
 
@@ -85,11 +91,12 @@ def child(args):
         def run():
             return dindex.search(idx, q, args.k, progress=False)
     elif v.startswith("stream"):
-        path, dtype = (f32, np.float32) if v == "stream-fp32" else (f16, np.float16)
+        path, dtype = (f16, np.float16) if v.startswith("stream-fp16") else (f32, np.float32)
+        scorer = "torch" if v.endswith("-torch") else "auto"
 
         def run():
             return es.search_memmap(path, q, args.k, chunk_rows=args.chunk_rows, dtype=dtype,
-                                    query_batch=args.query_batch, progress=False)
+                                    query_batch=args.query_batch, progress=False, scorer=scorer)
     else:
         path, fdt, tdt = (f32, np.float32, torch.float32) if v == "torch-fp32" else (f16, np.float16, torch.float16)
         idx = es.TorchFlatIndex(path, dim=dim, file_dtype=fdt, dtype=tdt, chunk_rows=args.chunk_rows)

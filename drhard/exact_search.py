@@ -1,14 +1,16 @@
-"""Exact inner-product top-k without faiss: streamed from disk, or from a flat index held in a torch tensor.
+"""Exact inner-product top-k without the embeddings in RAM (streamed from disk), or on a torch device.
 
 ``search_memmap`` reads an embedding file (raw float32 or float16 rows, no
-header, as ``io.open_embeddings`` reads) in chunks of rows into one reused
-buffer with ``pread`` and keeps a running top-k per query, so memory stays
-bounded by the chunk and the results whatever the file size: the 27 GB MS MARCO
-passage matrix can be searched on a machine with less RAM than that.  The file
-is read once, whatever the number of queries.  The chunks are read with
-``pread`` rather than by slicing a ``np.memmap``, because mapped file pages
-count in the process's resident memory (and can push it towards the OOM
-killer) while pages read into a buffer stay in the kernel's page cache.
+header, as ``io.open_embeddings`` reads) in chunks of rows into reused buffers
+with ``pread`` and keeps a running top-k per query, so memory stays bounded by
+the chunk and the results whatever the file size: the 27 GB MS MARCO passage
+matrix can be searched on a machine with less RAM than that.  The file is read
+once, whatever the number of queries.  The chunks are read with ``pread``
+rather than by slicing a ``np.memmap``, because mapped file pages count in the
+process's resident memory (and can push it towards the OOM killer) while pages
+read into a buffer stay in the kernel's page cache.  Each chunk is scored by
+faiss' exact kernel when faiss is installed (``faiss.knn``: no index, no
+score matrix) or by a torch matrix product.
 
 ``TorchFlatIndex`` holds the rows as one torch tensor (fp32 or fp16 storage) on
 any device and answers ``search(q, k)`` on that device, chunked over rows to
@@ -23,10 +25,11 @@ index holds fewer than ``k`` rows.  Scores agree with faiss to float32
 rounding; ids agree except among (near-)tied scores, whose order faiss leaves
 to its heap.
 
-Tie order here is fixed and documented: among equal scores the lower row id
-ranks first, both in the order of the list and in which rows make the cut at
-rank ``k``.  The result therefore does not depend on the chunk size, the query
-batch or the device.
+Tie order here is fixed and documented: among scores that compare equal the
+lower row id ranks first, both in the order of the list and in which rows make
+the cut at rank ``k``.  Chunk size, query batch, scorer and device change at
+most the last bit of a score (a different summation order), so only rows whose
+scores differ by float rounding can change places between them.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ FILLER_ID = -1
 FILLER_SCORE = float(np.finfo(np.float32).min)  # what faiss IndexFlatIP reports beside id -1
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 DEFAULT_QUERY_BATCH = 1024
+SCORERS = ("faiss", "torch")
 # Chunk budget: this fraction of MemAvailable, at most MAX_CHUNK_BYTES (a bigger chunk buys nothing once the
 # matrix product dominates), at least MIN_CHUNK_ROWS rows.
 CHUNK_MEMORY_FRACTION = 0.25
@@ -73,23 +77,25 @@ def mem_available_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
     return None
 
 
-def chunk_row_bytes(dim: int, file_dtype, query_batch: int) -> int:
+def chunk_row_bytes(dim: int, file_dtype, query_batch: int, scorer: str = "torch") -> int:
     """Memory one chunk row costs a streamed search: two fp32 row buffers (one is read while the other is
-    scored), an fp16 staging row for fp16 files, and the row's column of the (query_batch, chunk) score matrix
-    with its comparison mask."""
+    scored), an fp16 staging row for fp16 files, and with the torch scorer the row's column of the
+    (query_batch, chunk) score matrix (faiss scores without one)."""
     file_dtype = np.dtype(file_dtype)
     staging = dim * file_dtype.itemsize if file_dtype != np.float32 else 0
-    return 2 * dim * 4 + staging + int(query_batch) * (4 + 1)
+    scores = int(query_batch) * 4 if scorer == "torch" else 0
+    return 2 * dim * 4 + staging + scores
 
 
-def default_chunk_rows(dim: int, file_dtype, query_batch: int, available: Optional[int] = None) -> int:
+def default_chunk_rows(dim: int, file_dtype, query_batch: int, available: Optional[int] = None,
+                       scorer: str = "torch") -> int:
     """Rows per chunk: ``CHUNK_MEMORY_FRACTION`` of ``available`` (default MemAvailable), capped at
     ``MAX_CHUNK_BYTES``, divided by ``chunk_row_bytes`` (which grows with the query batch)."""
     if available is None:
         available = mem_available_bytes()
     budget = FALLBACK_CHUNK_BYTES if available is None else int(available * CHUNK_MEMORY_FRACTION)
     budget = min(budget, MAX_CHUNK_BYTES)
-    return max(MIN_CHUNK_ROWS, budget // chunk_row_bytes(dim, file_dtype, query_batch))
+    return max(MIN_CHUNK_ROWS, budget // chunk_row_bytes(dim, file_dtype, query_batch, scorer))
 
 
 # --------------------------------------------------------------------------- top-k primitives
@@ -101,9 +107,10 @@ def sort_pairs(scores: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, t
     return scores.gather(1, o), ids.gather(1, o)
 
 
-def chunk_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def chunk_topk(scores: torch.Tensor, k: int, ordered: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-``min(k, C)`` of each row of ``scores`` (B, C): ``(values, columns)`` ordered by value descending,
-    column ascending; among values tied at the cut the lowest columns are kept.
+    column ascending; among values tied at the cut the lowest columns are kept.  ``ordered=False`` skips the
+    final ordering (the set is the same; ``merge_topk`` orders what it merges anyway).
 
     ``torch.topk`` keeps an arbitrary subset of a tie that straddles the cut.  Asking it for one value more
     shows where that can have happened (the ``kc``-th and ``kc+1``-th values are equal) at no extra pass over
@@ -127,7 +134,7 @@ def chunk_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor
                 fixed = keep.nonzero()[:, 1].view(len(rows), kc)  # (r, kc) columns ascending
                 cols[rows] = fixed
                 vals[rows] = sub.gather(1, fixed)
-    return sort_pairs(vals, cols)
+    return sort_pairs(vals, cols) if ordered else (vals, cols)
 
 
 def merge_topk(scores_a: torch.Tensor, ids_a: torch.Tensor, scores_b: torch.Tensor, ids_b: torch.Tensor,
@@ -167,11 +174,47 @@ class RunningTopK:
             raise ValueError(f"scores for {scores.shape[0]} queries, this block has {self.scores.shape[0]}")
         if scores.shape[1] == 0:
             return
-        vals, cols = chunk_topk(scores, self.k)  # (B, kc)
-        self.scores, self.ids = merge_topk(self.scores, self.ids, vals, cols + int(first_row), self.k)  # (B, <=k)
+        self.add_candidates(*chunk_topk(scores, self.k, ordered=False), first_row)  # (B, kc)
+
+    def add_candidates(self, scores: torch.Tensor, columns: torch.Tensor, first_row: int) -> None:
+        """Fold in a chunk's own top-``k`` set (B, kc): ``columns`` count from the chunk's ``first_row``."""
+        self.scores, self.ids = merge_topk(self.scores, self.ids, scores, columns + int(first_row),
+                                           self.k)  # (B, <=k)
 
     def result(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return pad_results(self.scores, self.ids, self.k)
+
+
+def faiss_knn():
+    """``faiss.knn`` (exact top-k of queries against rows, no index), or None without faiss."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return getattr(faiss, "knn", None)
+
+
+def faiss_chunk_topk(q: np.ndarray, x: np.ndarray, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``chunk_topk`` of the scores ``q @ x.T`` ((B, D) and (C, D) float32) computed by faiss' exact kernel,
+    which never holds the (B, C) score matrix; the set is the same (lowest columns among ties at the cut),
+    not ordered.  faiss is asked for one result more to see ties at the cut; a row with one gets all C
+    results from faiss and is cut by ``sort_pairs``."""
+    import faiss
+    c = x.shape[0]
+    kc = min(int(k), c)
+    d, i = faiss.knn(q, x, min(kc + 1, c), metric=faiss.METRIC_INNER_PRODUCT)  # (B, kc [+1])
+    vals, cols = torch.from_numpy(d), torch.from_numpy(i)  # (B, kc [+1])
+    if vals.shape[1] > kc:
+        straddle = vals[:, kc - 1] == vals[:, kc]  # (B,)
+        vals, cols = vals[:, :kc], cols[:, :kc]  # (B, kc)
+        if bool(straddle.any()):
+            straddling = straddle.nonzero().squeeze(1)  # (R,)
+            for g in range(0, len(straddling), TIE_FIX_ROWS):
+                rows = straddling[g:g + TIE_FIX_ROWS]  # (r,)
+                d_all, i_all = faiss.knn(q[rows.numpy()], x, c, metric=faiss.METRIC_INNER_PRODUCT)  # (r, C)
+                s_all, c_all = sort_pairs(torch.from_numpy(d_all), torch.from_numpy(i_all))  # (r, C)
+                vals[rows], cols[rows] = s_all[:, :kc], c_all[:, :kc]
+    return vals, cols
 
 
 # --------------------------------------------------------------------------- reading rows in chunks
@@ -337,38 +380,46 @@ def memmap_region(a: np.ndarray) -> Optional[Tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------- streamed search
-def _chunk_tensor(chunk: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``chunk``'s memory; read-only chunks (slices of a read-only memmap) are only read."""
+def _shared_tensor(chunk: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``chunk``'s memory; read-only arrays (a read-only memmap's rows, frozen queries) are
+    only ever read here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
         return torch.from_numpy(chunk)
 
 
 def _query_tensor(queries, dim: Optional[int] = None) -> torch.Tensor:
-    q = queries if isinstance(queries, torch.Tensor) else torch.from_numpy(np.asarray(queries))
+    q = queries if isinstance(queries, torch.Tensor) else _shared_tensor(np.asarray(queries))
     if q.ndim != 2 or (dim is not None and q.shape[1] != dim):
         want = f"(Q, {dim})" if dim is not None else "(Q, D)"
         raise ValueError(f"queries must be {want}, got shape {tuple(q.shape)}")
     return q
 
 
-def _check_queries_finite(q: torch.Tensor) -> None:
-    ok = torch.isfinite(q).all(dim=1)  # (Q,)
-    if not bool(ok.all()):
-        raise NonFiniteError(f"queries: row {int(torch.argmin(ok.to(torch.uint8)))} holds NaN or infinite values")
+def _check_queries_finite(q: torch.Tensor, step: int = 65536) -> None:
+    for start in range(0, q.shape[0], step):  # in row blocks: no (Q, D) temporary for a large query set
+        ok = torch.isfinite(q[start:start + step]).all(dim=1)  # (b,)
+        if not bool(ok.all()):
+            bad = start + int(torch.argmin(ok.to(torch.uint8)))
+            raise NonFiniteError(f"queries: row {bad} holds NaN or infinite values")
 
 
 def search_memmap(path_or_array: ArrayOrPath, queries, k: int, chunk_rows: Optional[int] = None,
                   dtype=np.float32, query_batch: int = DEFAULT_QUERY_BATCH, progress: bool = True,
-                  n: Optional[int] = None, check_finite: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                  n: Optional[int] = None, check_finite: bool = True,
+                  scorer: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of ``queries`` (Q, D) against the rows of an embedding file or array.
 
     ``path_or_array``: a raw row-major file of ``dtype`` (float32 or float16) rows of width D (the queries'
-    width; ``n`` rows when given, checked against the file size), a ``np.memmap`` of one (its own dtype and
-    offset are used), or an in-memory array.  Files are streamed ``chunk_rows`` rows at a time (default:
-    ``default_chunk_rows``, from MemAvailable and the query batch) and read once whatever Q is; each chunk is
-    scored against ``query_batch`` queries at a time in float32.  Peak memory beyond the returned arrays:
-    ``chunk_rows * chunk_row_bytes(D, dtype, query_batch)`` plus small per-chunk top-k lists.
+    width; ``n`` rows when given, checked against the file size), a ``np.memmap`` of one or a contiguous view
+    of one (read from its file region, in its own dtype), or an in-memory array.  Files are streamed
+    ``chunk_rows`` rows at a time (default: ``default_chunk_rows``, from MemAvailable and the query batch) and
+    read once whatever Q is; each chunk is scored against ``query_batch`` queries at a time in float32.  Peak
+    memory beyond the returned arrays: ``chunk_rows * chunk_row_bytes(D, dtype, query_batch, scorer)`` plus
+    small per-chunk top-k lists.
+
+    ``scorer``: ``"faiss"`` (faiss' exact kernel per chunk; faster than a torch matrix product on CPUs
+    measured here, and needs no score matrix), ``"torch"``, or ``"auto"``: faiss when it is installed.
 
     Returns ``(scores (Q, k) float32, ids (Q, k) int64)`` like ``faiss.IndexFlatIP.search``: descending
     scores, id -1 (score -FLT_MAX) after the last row when there are fewer than ``k`` rows; equal scores rank
@@ -382,34 +433,53 @@ def search_memmap(path_or_array: ArrayOrPath, queries, k: int, chunk_rows: Optio
     if check_finite:
         _check_queries_finite(q)
     src = RowSource(path_or_array, dim=dim, dtype=dtype, n=n, check_finite=check_finite)
+    if scorer == "auto":
+        scorer = "faiss" if faiss_knn() is not None else "torch"
+    elif scorer == "faiss" and faiss_knn() is None:
+        raise ValueError("scorer 'faiss' needs faiss (faiss-cpu or faiss-gpu with faiss.knn); use 'torch'")
+    elif scorer not in SCORERS:
+        raise ValueError(f"scorer must be 'auto' or one of {SCORERS}, got {scorer!r}")
     qb = max(1, min(int(query_batch), max(1, nq)))
-    chunk_rows = int(chunk_rows) if chunk_rows else default_chunk_rows(dim, src.dtype, qb)
+    chunk_rows = int(chunk_rows) if chunk_rows else default_chunk_rows(dim, src.dtype, qb, scorer=scorer)
     chunk_rows = max(1, min(chunk_rows, max(1, src.rows)))
-    logger.info("exact search: %d queries x %d rows (dim %d, %s, %s), k %d, chunks of %d rows, query batch %d",
-                nq, src.rows, dim, src.dtype, src.where, k, chunk_rows, qb)
+    logger.info("exact search: %d queries x %d rows (dim %d, %s, %s), k %d, chunks of %d rows, query batch %d, "
+                "%s scorer", nq, src.rows, dim, src.dtype, src.where, k, chunk_rows, qb, scorer)
     with tqdm(total=src.rows, desc="search", unit="row", unit_scale=True, disable=not progress or not nq) as bar:
-        chunks = ((start, _chunk_tensor(chunk)) for start, chunk in src.chunks(chunk_rows))  # (C, D) no copy
-        s, i = score_chunks(q, chunks, k, qb, chunk_rows, on_chunk=bar.update)  # (Q, k)
+        chunks = ((start, _shared_tensor(chunk)) for start, chunk in src.chunks(chunk_rows))  # (C, D) no copy
+        s, i = score_chunks(q, chunks, k, qb, chunk_rows, on_chunk=bar.update, scorer=scorer)  # (Q, k)
     return s.numpy(), i.numpy()
 
 
 def score_chunks(q: torch.Tensor, chunks: Iterable[Tuple[int, torch.Tensor]], k: int, query_batch: int,
-                 chunk_rows: int, on_chunk: Optional[Callable[[int], object]] = None
+                 chunk_rows: int, on_chunk: Optional[Callable[[int], object]] = None, scorer: str = "torch"
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The exact top-``k`` of queries ``q`` (Q, D) float32 over ``(first_row, rows (C <= chunk_rows, D) float32)``
-    chunks on ``q``'s device: each chunk is scored against ``query_batch`` queries at a time into one reused
-    (query_batch, chunk_rows) score buffer and folded into a ``RunningTopK`` per query batch.  The one scoring
-    loop of ``search_memmap`` and ``TorchFlatIndex.search``; every chunk is visited once."""
+    chunks on ``q``'s device, each chunk visited once and scored against ``query_batch`` queries at a time;
+    one ``RunningTopK`` per query batch.  The one scoring loop of ``search_memmap`` and ``TorchFlatIndex``.
+
+    ``scorer="torch"``: a matrix product into one reused (query_batch, chunk_rows) score buffer, then
+    ``chunk_topk``.  ``scorer="faiss"`` (CPU tensors only): ``faiss_chunk_topk``, no score buffer.
+    """
     nq = q.shape[0]
     blocks = [(q0, RunningTopK(min(query_batch, nq - q0), k, q.device)) for q0 in range(0, nq, query_batch)]
-    score_buf = torch.empty(min(query_batch, nq) * chunk_rows, dtype=torch.float32, device=q.device)  # (b x C)
+    if scorer == "torch":
+        score_buf = torch.empty(min(query_batch, nq) * chunk_rows, dtype=torch.float32, device=q.device)  # (b x C)
+    elif scorer == "faiss":
+        if q.device.type != "cpu":
+            raise ValueError("the faiss scorer needs CPU tensors")
+        q_np = q.numpy()  # (Q, D) shares memory
+    else:
+        raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
     for start, x in (chunks if nq else ()):
         c = x.shape[0]
         for q0, block in blocks:
             b = block.scores.shape[0]
-            s = score_buf[:b * c].view(b, c)  # (b, C)
-            torch.mm(q[q0:q0 + b], x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
-            block.add(s, start)
+            if scorer == "faiss":
+                block.add_candidates(*faiss_chunk_topk(q_np[q0:q0 + b], x.numpy(), k), start)  # (b, kc)
+            else:
+                s = score_buf[:b * c].view(b, c)  # (b, C)
+                torch.mm(q[q0:q0 + b], x.t(), out=s)  # (b, D) @ (D, C) -> (b, C)
+                block.add(s, start)
         if on_chunk is not None:
             on_chunk(c)
     if not blocks:
@@ -471,7 +541,7 @@ class TorchFlatIndex:
             self.x = torch.empty((src.rows, src.dim), dtype=dtype, device=self.device)  # (N, D)
             load_rows = self.chunk_rows or default_chunk_rows(src.dim, src.dtype, 1)
             for start, chunk in src.chunks(load_rows):
-                self.x[start:start + len(chunk)].copy_(_chunk_tensor(chunk))  # (C, D) fp32 -> storage
+                self.x[start:start + len(chunk)].copy_(_shared_tensor(chunk))  # (C, D) fp32 -> storage
         logger.info("torch flat index: %d x %d, %s on %s", self.ntotal, self.d, dtype, self.device)
 
     @property

@@ -78,12 +78,16 @@ def write_file(path, x, dtype):
 
 
 # --------------------------------------------------------------------------- streamed search, exact on integers
+SCORERS = [pytest.param("faiss", marks=pytest.mark.skipif(es.faiss_knn() is None, reason="needs faiss")), "torch"]
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, 999, 1000, 5000])
 @pytest.mark.parametrize("k", [1, 10, 150])
-def test_stream_equals_reference_with_ties(tmp_path, chunk_rows, k):
+def test_stream_equals_reference_with_ties(tmp_path, chunk_rows, k, scorer):
     x, q = int_data()
     path = write_file(tmp_path / "x.bin", x, np.float32)
-    got = es.search_memmap(path, q, k, chunk_rows=chunk_rows, query_batch=16, progress=False)
+    got = es.search_memmap(path, q, k, chunk_rows=chunk_rows, query_batch=16, progress=False, scorer=scorer)
     assert got[0].dtype == np.float32 and got[1].dtype == np.int64 and got[1].shape == (len(q), k)
     want = reference(x, q, k)
     assert_exact(got, want)
@@ -92,12 +96,13 @@ def test_stream_equals_reference_with_ties(tmp_path, chunk_rows, k):
     assert (wider[:, k - 1] == wider[:, k]).any()
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("query_batch", [1, 5, 37, 4096])
-def test_query_batches_do_not_change_results(tmp_path, query_batch):
+def test_query_batches_do_not_change_results(tmp_path, query_batch, scorer):
     x, q = int_data()
     path = write_file(tmp_path / "x.bin", x, np.float32)
-    assert_exact(es.search_memmap(path, q, 25, chunk_rows=128, query_batch=query_batch, progress=False),
-                 reference(x, q, 25))
+    assert_exact(es.search_memmap(path, q, 25, chunk_rows=128, query_batch=query_batch, progress=False,
+                                  scorer=scorer), reference(x, q, 25))
 
 
 def test_k_larger_than_n_pads_like_faiss(tmp_path):
@@ -125,11 +130,12 @@ def test_single_query_and_single_row(tmp_path):
     assert_exact(es.search_memmap(one, q, 3, progress=False), reference(one, q, 3))
 
 
-def test_fp16_file_is_searched_in_fp32_from_fp16_values(tmp_path):
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_fp16_file_is_searched_in_fp32_from_fp16_values(tmp_path, scorer):
     x, q = gauss_data()
     x16 = x.astype(np.float16)
     path = write_file(tmp_path / "x16.bin", x16, np.float16)
-    s, i = es.search_memmap(path, q, 40, chunk_rows=333, dtype=np.float16, progress=False)
+    s, i = es.search_memmap(path, q, 40, chunk_rows=333, dtype=np.float16, progress=False, scorer=scorer)
     ref_s, ref_i = reference(x16.astype(np.float32), q, 40)
     np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-5)
     distinct = distinct_places(ref_s)
@@ -139,10 +145,11 @@ def test_fp16_file_is_searched_in_fp32_from_fp16_values(tmp_path):
     assert not np.allclose(s, reference(x, q, 40)[0], rtol=1e-6, atol=1e-6)
 
 
-def test_fp16_file_with_ties_is_exact(tmp_path):
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_fp16_file_with_ties_is_exact(tmp_path, scorer):
     x, q = int_data()
     path = write_file(tmp_path / "x16.bin", x, np.float16)
-    assert_exact(es.search_memmap(path, q, 30, chunk_rows=77, dtype=np.float16, progress=False),
+    assert_exact(es.search_memmap(path, q, 30, chunk_rows=77, dtype=np.float16, progress=False, scorer=scorer),
                  reference(x, q, 30))
 
 
@@ -184,7 +191,8 @@ def test_open_embeddings_memmap_and_in_memory_arrays(tmp_path):
 def test_default_chunk_rows_follows_available_memory_and_queries():
     mib = 1 << 20
     row = es.chunk_row_bytes(768, np.float32, 1024)
-    assert row == 2 * 768 * 4 + 1024 * 5
+    assert row == 2 * 768 * 4 + 1024 * 4  # two row buffers and the score column
+    assert es.chunk_row_bytes(768, np.float32, 1024, scorer="faiss") == 2 * 768 * 4  # faiss: no score matrix
     small = es.default_chunk_rows(768, np.float32, 1024, available=512 * mib)
     assert small == int(512 * mib * es.CHUNK_MEMORY_FRACTION) // row
     assert es.default_chunk_rows(768, np.float32, 1024, available=256 * mib) < small
@@ -226,10 +234,26 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     path.write_bytes(bad.tobytes())
     with pytest.raises(NonFiniteError, match="row 33 holds NaN"):
         es.search_memmap(str(path), q, 5, chunk_rows=8, progress=False)
-    badq = q.copy()
-    badq[4, 0] = np.inf
-    with pytest.raises(NonFiniteError, match="queries: row 4"):
+    badq = np.concatenate([q] * 3)
+    badq[len(q) + 4, 0] = np.inf
+    with pytest.raises(NonFiniteError, match=f"queries: row {len(q) + 4}"):
         es.search_memmap(x, badq, 5, progress=False)
+    with pytest.raises(NonFiniteError, match=f"queries: row {len(q) + 4}"):
+        es._check_queries_finite(torch.from_numpy(badq), step=len(q))  # found in the second block of rows
+
+
+def test_scorer_choice(monkeypatch):
+    x, q = int_data(n=300)
+    with pytest.raises(ValueError, match="scorer must be"):
+        es.search_memmap(x, q, 5, scorer="blas", progress=False)
+    monkeypatch.setattr(es, "faiss_knn", lambda: None)  # faiss not installed
+    with pytest.raises(ValueError, match="needs faiss"):
+        es.search_memmap(x, q, 5, scorer="faiss", progress=False)
+    called = []
+    real = es.faiss_chunk_topk
+    monkeypatch.setattr(es, "faiss_chunk_topk", lambda *a: called.append(1) or real(*a))
+    assert_exact(es.search_memmap(x, q, 5, progress=False), reference(x, q, 5))  # auto: the torch scorer
+    assert not called
 
 
 def test_no_queries_gives_empty_results():
@@ -250,7 +274,8 @@ def test_stream_and_torch_agree_with_faiss(tmp_path):
     assert distinct.mean() > 0.5
     block = np.r_[0, 100:110]
     path = write_file(tmp_path / "x.bin", x, np.float32)
-    results = {"stream": es.search_memmap(path, q, k, chunk_rows=701, query_batch=17, progress=False)}
+    results = {f"stream-{scorer}": es.search_memmap(path, q, k, chunk_rows=701, query_batch=17, progress=False,
+                                                    scorer=scorer) for scorer in ("faiss", "torch")}
     s, i = es.TorchFlatIndex(x, chunk_rows=512).search(torch.from_numpy(q), k, query_batch=23)
     results["torch"] = (s.numpy(), i.numpy())
     for name, (s, i) in results.items():
@@ -361,6 +386,9 @@ def test_chunk_topk_keeps_the_lowest_columns_of_a_tie_at_the_cut(b, c, k, seed):
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(cols.numpy(), order)
     np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores, order, axis=1))
+    vals, cols = es.chunk_topk(torch.from_numpy(scores), k, ordered=False)  # the same set, in any order
+    np.testing.assert_array_equal(np.sort(cols.numpy(), axis=1), np.sort(order, axis=1))
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores, cols.numpy(), axis=1))
 
 
 def test_chunk_topk_fixes_many_straddling_rows_in_groups():
@@ -373,26 +401,52 @@ def test_chunk_topk_fixes_many_straddling_rows_in_groups():
     np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores, order, axis=1))
 
 
+@pytest.mark.skipif(es.faiss_knn() is None, reason="needs faiss")
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 300), st.integers(1, 40), st.integers(0, 2 ** 31 - 1))
+def test_faiss_chunk_topk_keeps_the_lowest_columns_of_a_tie_at_the_cut(b, c, k, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, size=(c, 4)).astype(np.float32)  # few distinct scores: ties at the cut
+    q = rng.integers(0, 2, size=(b, 4)).astype(np.float32)
+    scores = q @ x.T  # (b, c) exact small integers
+    vals, cols = es.faiss_chunk_topk(q, x, k)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.sort(cols.numpy(), axis=1), np.sort(order, axis=1))
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores, cols.numpy(), axis=1))
+
+
 # --------------------------------------------------------------------------- resident memory
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from drhard.exact_search import search_memmap
+    from drhard.exact_search import faiss_knn, search_memmap
 
     def hwm():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
+    def reset_hwm():  # the peak starts again from the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
     path, dim, chunk_rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     q = np.random.default_rng(0).standard_normal((8, dim), dtype=np.float32)
-    search_memmap(q, q, 3, progress=False)  # warm-up: torch's kernels and thread pools
+    scorers = ["torch"] + (["faiss"] if faiss_knn() is not None else [])
+    out = {}
+    for scorer in scorers:  # warm-up: kernels and thread pools
+        search_memmap(q, q, 3, progress=False, scorer=scorer)
+    for scorer in scorers:
+        reset_hwm()
+        base = hwm()
+        s, i = search_memmap(path, q, 10, chunk_rows=chunk_rows, progress=False, scorer=scorer)
+        out[scorer] = hwm() - base
+    reset_hwm()
     base = hwm()
-    s, i = search_memmap(path, q, 10, chunk_rows=chunk_rows, progress=False)
-    stream = hwm() - base
     m = np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dim)
     total = float(m.sum(dtype=np.float64))  # control: the same rows read through a mapping count in RSS
-    mapped = hwm() - base - stream
-    print(json.dumps({"stream": stream, "mapped": mapped, "top": int(i[0, 0]), "rows": int(m.shape[0])}))
+    out["mapped"] = hwm() - base
+    out["rows"] = int(m.shape[0])
+    print(json.dumps(out))
 """)
 
 
@@ -413,4 +467,6 @@ def test_streamed_search_resident_memory_is_bounded_by_the_chunk(tmp_path):
     mib = 1024 * 1024
     assert got["rows"] == rows
     assert got["mapped"] > 300 * mib, got  # the measurement does see file pages that are mapped
-    assert got["stream"] < 48 * mib, got  # 2 x 8 MiB chunk buffers plus small change, not the 400 MiB file
+    for scorer in ("torch", "faiss"):
+        if scorer in got:  # 2 x 8 MiB chunk buffers plus small change, not the 400 MiB file
+            assert got[scorer] < 48 * mib, (scorer, got)
