@@ -482,11 +482,13 @@ def score_chunks(q: torch.Tensor, chunks: Iterable[Tuple[int, torch.Tensor]], k:
                 block.add(s, start)
         if on_chunk is not None:
             on_chunk(c)
-    if not blocks:
-        return (torch.empty((0, k), dtype=torch.float32, device=q.device),
-                torch.empty((0, k), dtype=torch.int64, device=q.device))
-    results = [block.result() for _, block in blocks]  # (b, k) each
-    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+    scores = torch.empty((nq, k), dtype=torch.float32, device=q.device)  # (Q, k)
+    ids = torch.empty((nq, k), dtype=torch.int64, device=q.device)  # (Q, k)
+    for j, (q0, block) in enumerate(blocks):
+        s, i = block.result()  # (b, k)
+        scores[q0:q0 + len(s)], ids[q0:q0 + len(s)] = s, i
+        blocks[j] = (q0, None)  # let the block's lists go: peak stays near one copy of the results
+    return scores, ids
 
 
 # --------------------------------------------------------------------------- flat index on a torch device
@@ -518,7 +520,9 @@ class TorchFlatIndex:
 
     ``search(q, k)`` takes queries (Q, D) as a tensor (on any device; one already on ``device`` is not
     copied) or an array, and returns ``(scores (Q, k) float32, ids (Q, k) int64)`` on ``device`` with the
-    ordering, ties and fillers of ``search_memmap``.
+    ordering, ties and fillers of ``search_memmap``.  Nothing but one flag per chunk and query batch (does a
+    tie straddle the cut?) is read back to the host.  Temporary device memory: ``chunk_rows`` (default
+    ``device_chunk_rows``) times ``query_batch`` fp32 scores, plus a (chunk_rows, D) fp32 copy for fp16 storage.
     """
 
     def __init__(self, embeddings, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
