@@ -165,13 +165,13 @@ def main():
                 rows[v] = json.load(f)
         ref_s, ref_i = np.load(os.path.join(tmp, "faiss.scores.npy")), np.load(os.path.join(tmp, "faiss.ids.npy"))
         fa = rows["faiss"]
-        print(f"{'variant':<12} {'build s':>8} {'search s':>9} {'q/s':>8} {'GFLOP/s':>8} {'x faiss':>8} "
+        print(f"{'variant':<17} {'build s':>8} {'search s':>9} {'q/s':>8} {'GFLOP/s':>8} {'x faiss':>8} "
               f"{'peak MiB':>9} {'RSS+ MiB':>9} {'same':>7} {'same*':>7} {'overlap':>8}")
         for v in args.variants:
             r = rows[v]
             ids = np.load(os.path.join(tmp, f"{v}.ids.npy"))
             same, same_d, overlap = agreement(ref_s, ref_i, ids)
-            print(f"{v:<12} {r['build_s']:8.2f} {r['search_s']:9.2f} {args.queries / r['search_s']:8.1f} "
+            print(f"{v:<17} {r['build_s']:8.2f} {r['search_s']:9.2f} {args.queries / r['search_s']:8.1f} "
                   f"{flops / r['search_s'] / 1e9:8.1f} {fa['search_s'] / r['search_s']:8.2f} "
                   f"{r['hwm'] / 2 ** 20:9.0f} {(r['hwm'] - r['hwm_base']) / 2 ** 20:9.0f} "
                   f"{same:7.2%} {same_d:7.2%} {overlap:8.2%}")
