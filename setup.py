@@ -5,6 +5,21 @@ setup(
     version="0.1.0",
     description="STAR and ADORE dense retrieval training (Zhan et al., SIGIR 2021), faithful to DRhard",
     packages=find_packages(include=["drhard", "drhard.*"]),
+    # one console script per program of drhard.commands (the original scripts call the same main)
+    entry_points={"console_scripts": [
+        "drhard-preprocess = drhard.commands.preprocess:console",
+        "drhard-star-bm25-hardneg = drhard.commands.star_bm25_hardneg:console",
+        "drhard-star-train = drhard.commands.star_train:console",
+        "drhard-star-prepare-hardneg = drhard.commands.star_prepare_hardneg:console",
+        "drhard-star-inference = drhard.commands.star_inference:console",
+        "drhard-adore-train = drhard.commands.adore_train:console",
+        "drhard-adore-inference = drhard.commands.adore_inference:console",
+        "drhard-cvt-back = drhard.commands.cvt_back:console",
+        "drhard-msmarco-eval = drhard.commands.msmarco_eval:console",
+        "drhard-quickstart = drhard.commands.quickstart:console",
+        "drhard-reproduce = drhard.commands.reproduce:console",
+        "drhard-selfcheck = drhard.selfcheck:console",
+    ]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",

@@ -44,7 +44,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -55,6 +55,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import index as dindex
 from .checkpoint import newest_verified, verify_checkpoint, write_checksums
+from .cli import check_flags, finite_float, flag, float_at_least, int_at_least
 from .dataset import EpochSeededSampler, pad_batch, seed_everything
 from .device import resolve_device
 from .errors import DataError, NonFiniteError, data_error
@@ -87,35 +88,55 @@ UNKNOWN_STEP = sys.maxsize  # a checkpoint whose state.json does not read sorts 
 
 @dataclass
 class AdoreConfig:
-    init_path: str
-    pembed_path: str
-    model_save_dir: str
-    log_dir: str
-    preprocess_dir: str
-    metric_cut: Optional[int] = None
-    neg_topk: int = 200
-    max_seq_length: int = 64
-    per_gpu_batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 2000
-    seed: int = 42
-    save_steps: int = 5000000
-    logging_steps: int = 100
-    learning_rate: float = 5e-6
-    weight_decay: float = 0.01
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    num_train_epochs: int = 6
-    max_steps: int = -1
-    model_gpu_index: int = 0
-    faiss_gpu_index: List[int] = field(default_factory=list)
-    faiss_omp_num_threads: int = 32
-    no_cuda: bool = False
-    allow_tokenizer_mismatch: bool = False
-    resume_from_checkpoint: Optional[str] = None
-    max_nonfinite_steps: int = 10
-    overwrite_output_dir: bool = False
-    allow_config_change: bool = False
+    """Every setting of an ADORE run, declared once: these fields are adore/train.py's flags (same names,
+    defaults and help; ``drhard.cli.add_dataclass_flags``), and a checkpoint records them."""
+    init_path: str = flag(help="model directory to start from (e.g. the STAR model)")
+    pembed_path: str = flag(help="passages.memmap of the frozen document encoder")
+    model_save_dir: str = flag(help="epoch-N (and ckpt-N) checkpoints go here")
+    log_dir: str = flag(help="tensorboard events go to <log_dir>/<timestamp>")
+    preprocess_dir: str = flag(help="output folder of preprocess.py")
+    metric_cut: Optional[int] = flag(None, type=int_at_least(1),
+                                     help="1/rank weights are 0 beyond this position; unset = no cut (the README "
+                                     "uses 200)")
+    neg_topk: int = flag(200, type=int_at_least(1), help="passages retrieved per query and step")
+    # --max_seq_length is the query length here (the original's name): ``max_query_length`` below
+    max_seq_length: int = flag(64, type=int_at_least(2), help="queries are cut to this many tokens (<s> and </s> "
+                               "included)")
+    per_gpu_batch_size: int = flag(32, type=int_at_least(1))
+    gradient_accumulation_steps: int = flag(1, type=int_at_least(1))
+    warmup_steps: int = flag(2000, type=int_at_least(0))
+    seed: int = flag(42, type=int)
+    save_steps: int = flag(5000000, type=int, help="also save ckpt-<step> every this many updates (<= 0: only the "
+                           "epoch-N folders)")
+    logging_steps: int = flag(100, type=int, help="tensorboard every this many updates (<= 0: never)")
+    learning_rate: float = flag(5e-6, type=float_at_least(0.0))
+    weight_decay: float = flag(0.01, type=float_at_least(0.0))
+    adam_epsilon: float = flag(1e-8, type=float_at_least(0.0))
+    max_grad_norm: float = flag(1.0, type=finite_float, help="clip gradients to this norm (<= 0: no clipping)")
+    num_train_epochs: int = flag(6, type=int)
+    max_steps: int = flag(-1, type=int, help="stop after this many updates (-1: all epochs)")
+    model_gpu_index: int = flag(0, type=int_at_least(0), help="GPU of the query encoder (CPU when none)")
+    faiss_gpu_index: List[int] = flag([], type=int_at_least(0), nargs="*",
+                                      help="GPUs to shard the index over; none = CPU index")
+    faiss_omp_num_threads: int = flag(32, type=int_at_least(1),
+                                      help="CPU search threads (capped at the cores this process may use)")
+    no_cuda: bool = flag(False, help="encode queries on the CPU even when a GPU is visible")
+    allow_tokenizer_mismatch: bool = flag(False, help="train even when the init model's tokenizer differs from the "
+                                          "one that made --preprocess_dir")
+    resume_from_checkpoint: Optional[str] = flag(None, help="an epoch-N/ckpt-N directory, or 'auto' for the newest "
+                                                 "one in --model_save_dir that verifies")
+    max_nonfinite_steps: int = flag(10, type=int_at_least(1),
+                                    help="a step whose loss, query embeddings or gradients are NaN/inf is skipped; "
+                                    "training stops after this many such steps in a row")
+    overwrite_output_dir: bool = flag(False, help="train even when --model_save_dir is not empty: an earlier run's "
+                                      "checkpoints there are removed first")
+    allow_config_change: bool = flag(False, help="resume a checkpoint even when it was trained with other data, "
+                                     "model or hyper-parameters")
+
+    @property
+    def max_query_length(self) -> int:
+        """Queries are cut to this many tokens (the flag is ``--max_seq_length``, the original's name)."""
+        return self.max_seq_length
 
 
 class QueryDataset(Dataset):
@@ -331,8 +352,7 @@ def _save_pause(name: str) -> None:
 class AdoreTrainer:
     def __init__(self, cfg: AdoreConfig):
         self.cfg = cfg
-        if cfg.metric_cut is not None and cfg.metric_cut < 1:
-            raise ValueError(f"--metric_cut must be >= 1 (or unset for no cut), got {cfg.metric_cut}")
+        check_flags(cfg)  # the ranges adore/train.py's parser enforces, for library callers
         resume = prepare_output_dir(cfg)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.no_cuda, cfg.model_gpu_index)
@@ -345,7 +365,7 @@ class AdoreTrainer:
         if n_passages is None:
             raise DataError(f"{cfg.preprocess_dir}: no passages memmap (run preprocess.py first)")
         self.pembed = open_passage_embeddings(cfg.pembed_path, self.model.output_embedding_size, n_passages)
-        self.dataset = QueryDataset(cfg.preprocess_dir, cfg.max_seq_length, n_passages)
+        self.dataset = QueryDataset(cfg.preprocess_dir, cfg.max_query_length, n_passages)
         self.batch_size = cfg.per_gpu_batch_size
         self.sampler = EpochSeededSampler(len(self.dataset), cfg.seed)
         self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,

@@ -74,12 +74,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import io as dio
+from .cli import check_flags, flag, int_at_least
 from .io import DataError, data_error
 from .rawdata import INPUT_FILES, input_names, parse_collection_line, parse_data_type, parse_qrels_line, parse_query_line
 
@@ -92,17 +93,44 @@ QUERY_BLOCK = 2000
 
 @dataclass
 class PreprocessArgs:
-    data_dir: str
-    out_data_dir: str
-    data_type: str = "passage"
-    model_name_or_path: str = "roberta-base"
-    max_seq_length: int = 512
-    max_query_length: int = 64
-    max_doc_character: int = 10000
-    threads: int = 32
-    tokenizer_compat: str = "auto"
-    overwrite: bool = False
-    command: List[str] = field(default_factory=list)
+    """Every setting of a preprocess run, declared once: these fields are preprocess.py's flags (same names,
+    defaults and help, ``drhard.cli.add_dataclass_flags``); the manifest records them."""
+    model_name_or_path: str = flag("roberta-base", help="local tokenizer directory; 'roberta-base' resolves to "
+                                   "$DRHARD_TOKENIZER or ./data/roberta-base")
+    # the width of the stored passage rows (``passage_width``); the original's flag name
+    max_seq_length: int = flag(512, type=int_at_least(2, " (<s> and </s>)"),
+                               help="The maximum total input sequence length after tokenization. Sequences longer "
+                               "than this will be truncated, sequences shorter will be padded.")
+    max_query_length: int = flag(64, type=int_at_least(2, " (<s> and </s>)"),
+                                 help="The maximum total input sequence length after tokenization. Sequences longer "
+                                 "than this will be truncated, sequences shorter will be padded.")
+    max_doc_character: int = flag(10000, type=int_at_least(1), help="used before tokenizer to save tokenizer latency")
+    data_type: str = flag("1", help="0 (or doc) for doc, 1 (or passage) for passage")
+    threads: int = flag(32, type=int_at_least(1), help="worker processes (capped at the usable cores)")
+    data_dir: Optional[str] = flag(None, help="default ./data/{doc,passage}/dataset")
+    out_data_dir: Optional[str] = flag(None, help="default ./data/{doc,passage}/preprocess")
+    tokenizer_compat: str = flag("auto", choices=["auto", "drhard", "hf"],
+                                 help="drhard: transformers 2.8.0 RoBERTa rules (what the released checkpoints need); "
+                                 "hf: the tokenizer's own modern behaviour; auto: drhard for RoBERTa-style "
+                                 "vocab.json+merges.txt directories")
+    overwrite: bool = flag(False, help="rebuild passages even when complete")
+    command: List[str] = flag([], cli=False)
+
+    @property
+    def passage_width(self) -> int:
+        """Tokens stored per passage row (the flag is ``--max_seq_length``, the original's name)."""
+        return self.max_seq_length
+
+    @property
+    def query_width(self) -> int:
+        return self.max_query_length
+
+    def resolve(self) -> "PreprocessArgs":
+        """``data_type`` as ``passage``/``doc`` and the default folders ``./data/<type>/{dataset,preprocess}``."""
+        self.data_type = parse_data_type(self.data_type)
+        self.data_dir = self.data_dir or os.path.join(".", "data", self.data_type, "dataset")
+        self.out_data_dir = self.out_data_dir or os.path.join(".", "data", self.data_type, "preprocess")
+        return self
 
 
 # --------------------------------------------------------------------------- lines with extra columns
@@ -424,24 +452,13 @@ def output_bytes(n_passages: int, query_rows: Sequence[int], max_seq_length: int
     return int(n_passages) * per_passage + int(sum(query_rows)) * per_query
 
 
-def check_lengths(args: PreprocessArgs) -> None:
-    """The ranges ``preprocess.py``'s parser enforces, for library callers."""
-    if args.max_seq_length < 2 or args.max_query_length < 2:
-        raise ValueError("max_seq_length and max_query_length must be at least 2 (<s> and </s>)")
-    if args.max_doc_character < 1:
-        raise ValueError("max_doc_character must be at least 1")
-    if args.threads < 1:
-        raise ValueError("threads must be at least 1")
-
-
 def preprocess(args: PreprocessArgs) -> dict:
     """Run the whole preprocessing; returns the manifest (also written to the output dir)."""
     from .tokenization import load_tokenizer, resolve_tokenizer_path
 
     t_start = time.time()
-    kind = parse_data_type(args.data_type)
-    args.data_type = kind
-    check_lengths(args)
+    check_flags(args)  # the ranges preprocess.py's parser enforces, for library callers
+    kind = args.resolve().data_type
     files = INPUT_FILES[kind]
     needed = input_names(kind)
     missing = [f for f in needed if not os.path.isfile(os.path.join(args.data_dir, f))]

@@ -856,5 +856,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if report["ok"] else 1
 
 
+def console() -> int:
+    return run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(console())

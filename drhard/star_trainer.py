@@ -43,15 +43,18 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from transformers import ProgressCallback, Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.training_args import ParallelMode
 
 from . import losses
 from .checkpoint import newest_verified, verify_checkpoint, write_checksums
-from .dataset import EpochSeededSampler
+from .cli import check_at_least
+from .dataset import NEGATIVE_TYPES, EpochSeededSampler
 from .errors import DataError
 from .finite import NonFiniteGuard, check_model_finite
 from .model import RobertaDot
@@ -66,6 +69,108 @@ RESUME_AUTO = ("auto", "True", "true", "last")
 TENSORBOARD_SUBDIR = "log"
 
 
+# --------------------------------------------------------------------------- the run's arguments
+@dataclass
+class DataTrainingArguments:
+    max_query_length: int = field(metadata={"help": "Queries are cut to this many tokens (README: 24)."})
+    max_doc_length: int = field(metadata={"help": "Documents are cut to this many tokens (120 passage, 512 doc)."})
+    preprocess_dir: str = field(metadata={"help": "Output folder of preprocess.py."})
+    hardneg_path: Optional[str] = field(default=None, metadata={
+        "help": "hard.json of static hard negatives (STAR; BM25-Neg with a BM25 hard.json). "
+                "Not needed for --negative_type inbatch/random."})
+    negative_type: str = field(default="star", metadata={
+        "help": "star (in-batch + static hard), inbatch (Inbatch-Neg), random (Rand-Neg).",
+        "choices": list(NEGATIVE_TYPES)})
+    hard_num: int = field(default=1, metadata={"help": "Hard (or random) negatives per query."})
+    allow_tokenizer_mismatch: bool = field(default=False, metadata={
+        "help": "Train even when the init model's tokenizer differs from the one that made --preprocess_dir."})
+
+    def __post_init__(self):
+        check_at_least("max_query_length", self.max_query_length, 2)  # <s> and </s> are always kept
+        check_at_least("max_doc_length", self.max_doc_length, 2)
+        check_at_least("hard_num", self.hard_num, 1)
+
+
+@dataclass
+class ModelArguments:
+    init_path: str = field(metadata={"help": "Model directory to start from (warmup model, roberta-base, MiniLM...)."})
+    pooling: Optional[str] = field(default=None, metadata={
+        "help": "first|mean; default: what the init directory says (first token for RobertaDot).",
+        "choices": ["first", "mean"]})
+    head: Optional[str] = field(default=None, metadata={
+        "help": "yes|no: Linear+LayerNorm head on the pooled vector; default: the init directory's.",
+        "choices": ["yes", "no"]})
+
+
+@dataclass
+class StarTrainingArguments(TrainingArguments):
+    output_dir: str = field(default="./data/passage/star_train/models")
+    logging_dir: str = field(default="./data/passage/star_train/log", metadata={
+        "help": "Also write tensorboard events here when given (they always go to <output_dir>/log, "
+                "as in the original)."})
+    padding: bool = field(default=False, metadata={"help": "Pad every batch to the max length."})
+    optimizer_str: str = field(default="lamb", metadata={"help": "lamb or adamw.", "choices": ["lamb", "adamw"]})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train even when --output_dir is not empty."})
+    no_cuda: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is visible."})
+    fp16_opt_level: str = field(default="O1", metadata={"help": "Accepted for compatibility; native AMP is used."})
+    per_device_train_batch_size: int = field(default=256)
+    learning_rate: float = field(default=1e-4)
+    weight_decay: float = field(default=0.01)
+    num_train_epochs: float = field(default=100.0)
+    warmup_steps: int = field(default=1000)
+    logging_steps: float = field(default=50)
+    save_steps: float = field(default=99999999999)
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute encoder activations in backward: less memory, ~1/3 more compute."})
+    remove_unused_columns: bool = field(default=False)
+    dataloader_pin_memory: bool = field(default=False)
+    stop_at_step: int = field(default=-1, metadata={
+        "help": "Stop after this global step (with a log line and a save there) without changing the "
+                "learning-rate schedule, which stays the one of --num_train_epochs / --max_steps "
+                "(the paper: 100 epochs planned, stopped at 50000). -1: no early stop."})
+    max_nonfinite_steps: int = field(default=10, metadata={
+        "help": "A step with a NaN/inf loss is skipped (no update); training stops after this many such "
+                "steps in a row."})
+
+    def __post_init__(self):
+        for name, minimum in (("per_device_train_batch_size", 1), ("gradient_accumulation_steps", 1),
+                              ("max_nonfinite_steps", 1), ("learning_rate", 0), ("weight_decay", 0),
+                              ("adam_epsilon", 0), ("adam_beta1", 0), ("adam_beta2", 0), ("max_grad_norm", 0),
+                              ("warmup_steps", 0), ("dataloader_num_workers", 0)):
+            check_at_least(name, getattr(self, name), minimum)
+        for name in ("adam_beta1", "adam_beta2"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"argument --{name}: must be < 1, got {getattr(self, name)}")
+        for name in ("logging_steps", "save_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"argument --{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"argument --num_train_epochs: must be > 0, got {self.num_train_epochs}")
+        if self.stop_at_step != -1 and self.stop_at_step < 1:
+            raise ValueError(f"argument --stop_at_step: must be >= 1 (or -1: no early stop), got {self.stop_at_step}")
+        gpu = torch.cuda.is_available() and not self.no_cuda
+        if self.no_cuda:
+            self.use_cpu = True
+        if self.fp16 and not gpu:
+            logger.warning("--fp16 needs a CUDA GPU and none is in use: training in fp32 on CPU")
+            self.fp16 = False
+        # we enable checkpointing on our encoder ourselves (the Trainer's alias is deprecated)
+        self.checkpoint_encoder = bool(self.gradient_checkpointing)
+        self.gradient_checkpointing = None
+        requested = self.report_to
+        super().__post_init__()
+        if requested not in (None, "none", ["none"], []):
+            logger.warning("--report_to %s ignored: star/train.py writes its own tensorboard events "
+                           "(<output_dir>/log and --logging_dir)", requested)
+        self.report_to = []  # no HF reporting integration writes anywhere
+        n_gpu, why = gpus_for_one_process(self._n_gpu, self.parallel_mode == ParallelMode.DISTRIBUTED)
+        if why:
+            logger.warning(why)
+            self._n_gpu = n_gpu  # as the Trainer itself does for model parallelism: no nn.DataParallel
+
+
+# --------------------------------------------------------------------------- the trainer
 def step_is_finite(loss: torch.Tensor) -> bool:
     """Whether a training step's loss is finite: the one decision (one host sync).
 

@@ -26,6 +26,18 @@ def repo_root() -> Path:
     return REPO
 
 
+def command(script: str):
+    """The ``drhard.commands`` module behind an original script path (``"star/train.py"``): its ``main``,
+    ``parse_args`` and ``build_parser`` are what the script runs."""
+    import importlib
+
+    from drhard.commands import COMMANDS
+    for c in COMMANDS.values():
+        if c.script.lstrip("./") == script:
+            return importlib.import_module(c.module)
+    raise KeyError(f"no command behind {script}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped, saying why, where none is usable")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")

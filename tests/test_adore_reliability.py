@@ -8,7 +8,6 @@ subprocesses.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from drhard.io import TokenCache
 from drhard.model import RobertaDot
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import command  # noqa: E402
 from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
 
 N_QUERIES = 48  # make_tiny_preprocess default: 6 updates per epoch at batch size 8
@@ -53,16 +53,9 @@ def data(tmp_path_factory):
     return {**tiny, "pembed": pembed, "n_passages": len(docs), "dim": emb.shape[1]}
 
 
-_SCRIPT = {}
-
-
 def script():
-    if "mod" not in _SCRIPT:
-        spec = importlib.util.spec_from_file_location("adore_train_script", REPO / "adore" / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _SCRIPT["mod"] = mod
-    return _SCRIPT["mod"]
+    """adore/train.py's program (its parser and main)."""
+    return command("adore/train.py")
 
 
 def flags(data, save, **over):

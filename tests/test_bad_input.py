@@ -6,7 +6,6 @@ message starts with the file path (and ``:<line>`` of the first bad line).
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -30,18 +29,11 @@ from drhard.io import DataError
 from drhard.model import ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import command  # noqa: E402
 from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
 
-_MODULES = {}
-
-
 def script(name: str):
-    if name not in _MODULES:
-        spec = importlib.util.spec_from_file_location("bad_input_" + name.replace("/", "_")[:-3], REPO / name)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _MODULES[name] = mod
-    return _MODULES[name]
+    return command(name)
 
 
 def run_main(name: str, argv, capsys):

@@ -158,13 +158,10 @@ def test_a_read_only_output_folder_is_one_error_line(setup, tmp_path):
 
 def test_a_full_disk_is_one_error_line_and_leaves_no_file(setup, tmp_path, monkeypatch, capsys):
     import errno
-    import importlib.util
 
     from drhard.cli import run
+    from drhard.commands import cvt_back as mod
     pre, inp, _ = setup
-    spec = importlib.util.spec_from_file_location("cvt_back_full_disk", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -10,7 +10,6 @@
 * flags are checked in the parser (exit 2) and keep the original defaults.
 """
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -26,19 +25,14 @@ from drhard.encode import sidecar_path
 from drhard.errors import NonFiniteError
 from drhard.io import TokenCache, length_path, token_memmap_path, write_meta
 from drhard.model import build_tiny_roberta
-from tinyprep import REPO, make_tiny_preprocess, run_script, spread
+from conftest import command
+from tinyprep import make_tiny_preprocess, run_script, spread
 
 CPU = torch.device("cpu")
-_MODULES = {}
 
 
 def script(name):
-    if name not in _MODULES:
-        spec = importlib.util.spec_from_file_location("reliab_" + name.replace("/", "_")[:-3], REPO / name)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _MODULES[name] = mod
-    return _MODULES[name]
+    return command(name)
 
 
 def call(name, argv, capsys):
@@ -381,12 +375,6 @@ def test_original_defaults_are_unchanged():
     a = script("adore/inference.py").parse_args(["--model_dir", "m", "--output_dir", "o", "--preprocess_dir", "p",
                                                  "--mode", "dev", "--dmemmap_path", "d"])
     assert (a.topk, a.max_seq_length, a.pergpu_eval_batch_size, a.faiss_gpus) == (100, 64, 32, None)
-
-
-def test_scripts_end_with_run_main():
-    for name in ("star/inference.py", "star/prepare_hardneg.py", "adore/inference.py", "cvt_back.py",
-                 "msmarco_eval.py"):
-        assert "sys.exit(run(main))" in (REPO / name).read_text(), name
 
 
 def test_a_successful_run_leaves_no_probe_file(tiny, capsys):

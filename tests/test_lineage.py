@@ -1,6 +1,5 @@
 """Lineage manifests and the tokenizer check of star/inference, star/prepare_hardneg and adore/inference."""
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -15,15 +14,13 @@ from drhard.lineage import TokenizerMismatch, check_tokenizer_lineage, file_reco
 from drhard.model import RobertaDot, build_tiny_roberta
 from drhard.preprocess import PreprocessArgs, preprocess
 from drhard.tokenization import load_tokenizer
-from tinyprep import REPO, run_script
+from conftest import command
+from tinyprep import run_script
 from toy_data import make_tiny_tokenizer, make_toy_msmarco
 
 
 def load_script(rel):
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return command(rel)
 
 
 @pytest.fixture(scope="module")

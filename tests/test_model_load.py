@@ -14,7 +14,6 @@ The reference embedding is computed slowly and independently: a transformers ``R
 built from the same hyper-parameters and given the same weights, first token, then the head's
 Linear and LayerNorm written out by hand.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ from transformers import RobertaConfig, RobertaModel
 from drhard.cli import run
 from drhard.io import read_rank
 from drhard.model import ModelLoadError, RobertaDot
-from tinyprep import REPO, make_tiny_preprocess
+from conftest import command
+from tinyprep import make_tiny_preprocess
 
 VOCAB, HIDDEN, LAYERS, HEADS = 130, 32, 2, 2
 
@@ -187,10 +187,7 @@ def test_weights_that_do_not_fit_the_config_are_a_load_error(tmp_path):
 
 # --------------------------------------------------------------------------- through the scripts
 def script(name):
-    spec = importlib.util.spec_from_file_location("model_load_" + name.replace("/", "_")[:-3], REPO / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return command(name)
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,7 @@ def test_sample_dataset_files_parse_in_msmarco_layout(tmp_path, kind):
 
 
 def test_check_results_flags_bad_tables():
-    sys.path.insert(0, str(REPO))
-    import quickstart
+    from drhard.commands import quickstart
     names = ["untrained init", "Inbatch-Neg", "Rand-Neg", "BM25-Neg", "ADORE (Inbatch-Neg)", "STAR", "ADORE (STAR)"]
     good = [{"method": n, "dev_mrr": 0.1, "dev_recall100": 0.5, "test_ndcg10": 0.2, "train_mrr": 0.1 + i / 100}
             for i, n in enumerate(names)]
@@ -82,8 +81,7 @@ def test_dry_run_prints_every_readme_full_scale_command_in_order():
 def test_recipe_trains_star_on_one_gpu_with_the_papers_schedule(gpus):
     """STAR and the warmups: stopped at step 50k of the 100-epoch schedule (not --max_steps, which would decay
     the rate to 0 there), pinned to GPU 0 when the machine has several (no DataParallel, the paper's one GPU)."""
-    sys.path.insert(0, str(REPO))
-    import reproduce
+    from drhard.commands import reproduce
     train = [c for c in reproduce.commands("passage", gpus) if "star/train.py" in c]
     assert len(train) == 4  # BM25-Neg warmup, Inbatch-Neg, Rand-Neg, STAR
     for cmd in train:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import drhard.preprocess as pp
-from conftest import REPO, shared_path
+from conftest import REPO, command, shared_path
 from drhard.io import DataError
 from drhard.preprocess import PreprocessArgs, preprocess
 from drhard.rawdata import INPUT_FILES
@@ -328,11 +328,7 @@ def test_extra_columns_are_read_like_the_original_and_counted(tmp_path, tok_dir,
 
 
 def _load_cli():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "preprocess.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return command("preprocess.py")
 
 
 def test_cli_prints_the_extra_column_count_and_first_lines(tmp_path, tok_dir, capsys):
@@ -355,10 +351,10 @@ def test_flags_out_of_range_or_paths_of_the_wrong_kind_exit_2_before_any_work(tm
     out = tmp_path / "out"
     ok = {"--data_dir": str(data), "--out_data_dir": str(out), "--model_name_or_path": str(tok_dir)}
     cli = _load_cli()
-    cases = [("--max_seq_length", "1", "at least 2"), ("--max_seq_length", "0", "at least 2"),
-             ("--max_seq_length", "-5", "at least 2"), ("--max_seq_length", "x", "not an integer"),
-             ("--max_query_length", "1", "at least 2"), ("--max_doc_character", "-1", "at least 1"),
-             ("--max_doc_character", "0", "at least 1"), ("--threads", "0", "at least 1"),
+    cases = [("--max_seq_length", "1", "must be >= 2"), ("--max_seq_length", "0", "must be >= 2"),
+             ("--max_seq_length", "-5", "must be >= 2"), ("--max_seq_length", "x", "invalid int value"),
+             ("--max_query_length", "1", "must be >= 2"), ("--max_doc_character", "-1", "must be >= 1"),
+             ("--max_doc_character", "0", "must be >= 1"), ("--threads", "0", "must be >= 1"),
              ("--data_dir", str(a_file), "not a directory"), ("--data_dir", str(tmp_path / "nope"), "no such"),
              ("--out_data_dir", str(a_file), "not a directory"),
              ("--model_name_or_path", str(a_file), "expected a tokenizer directory")]
@@ -376,7 +372,7 @@ def test_flags_out_of_range_or_paths_of_the_wrong_kind_exit_2_before_any_work(tm
 def test_original_defaults_are_kept(tmp_path, monkeypatch):
     (tmp_path / "data" / "passage" / "dataset").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    a = _load_cli().get_arguments(["--data_type", "1"])
+    a = _load_cli().parse_args(["--data_type", "1"])
     assert (a.model_name_or_path, a.max_seq_length, a.max_query_length, a.max_doc_character, a.threads) == \
         ("roberta-base", 512, 64, 10000, 32)
     assert (a.data_dir, a.out_data_dir) == ("./data/passage/dataset", "./data/passage/preprocess")

@@ -4,7 +4,6 @@
 test_index_too_large_for_gpus_falls_back_to_cpu, test_gpus_fit_shards_the_index_over_gpus.)
 """
 import collections
-import importlib.util
 import os
 import shutil
 
@@ -19,7 +18,7 @@ from drhard.encode import encode_to_memmap, sidecar_path
 from drhard.io import NoSpaceError, TokenCache, check_free_space, write_token_cache
 from drhard.model import build_tiny_roberta
 from drhard.preprocess import PreprocessArgs, preprocess
-from tinyprep import REPO
+
 from toy_data import make_tiny_tokenizer, make_toy_msmarco
 
 Usage = collections.namedtuple("Usage", "total used free")
@@ -108,9 +107,7 @@ def test_preprocess_without_space_fails_before_tokenizing_and_writes_nothing(toy
 
 
 def test_preprocess_cli_reports_no_space_as_one_error_line(toy, tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "preprocess.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from drhard.commands import preprocess as cli
     fake_free(monkeypatch, 10)
     data, tok = toy
     rc = run(cli.main, ["--data_dir", str(data), "--out_data_dir", str(tmp_path / "out"), "--model_name_or_path",

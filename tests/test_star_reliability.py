@@ -4,7 +4,6 @@ one optimizer builder, non-finite steps and models, input and flag checks, verif
 Runs are in-process (``main(argv)`` through ``drhard.cli.run``, or a ``DenseTrainer`` built as main builds
 it) on the tiny learnable preprocess folder of ``tinyprep``: 48 training queries, batch 16, 3 steps an epoch.
 """
-import importlib.util
 import json
 import logging
 import math
@@ -23,19 +22,12 @@ from drhard.dataset import TrainCollator, TrainQueryDataset
 from drhard.io import write_token_cache
 from drhard.model import RobertaDot
 from drhard.optim import Lamb, build_optimizer, param_groups
-from tinyprep import REPO, make_tiny_preprocess
-
-_SCRIPT = {}
-
+from conftest import command
+from tinyprep import make_tiny_preprocess
 
 def script():
-    """star/train.py as a module (its parser, argument classes and main)."""
-    if "mod" not in _SCRIPT:
-        spec = importlib.util.spec_from_file_location("star_train_script", REPO / "star" / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _SCRIPT["mod"] = mod
-    return _SCRIPT["mod"]
+    """star/train.py's program (its parser and main)."""
+    return command("star/train.py")
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +175,7 @@ def test_several_gpus_without_torchrun_train_on_one(tmp_path, monkeypatch, caplo
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     caplog.set_level(logging.WARNING)
-    args = script().StarTrainingArguments(output_dir=str(tmp_path / "o"))
+    args = st.StarTrainingArguments(output_dir=str(tmp_path / "o"))
     assert args.device.type == "cuda"
     assert args.n_gpu == 1 and args.parallel_mode == ParallelMode.NOT_PARALLEL
     assert args.train_batch_size == 256  # not 256 x 4 gathered by nn.DataParallel

@@ -1,0 +1,80 @@
+"""Flag groups that several commands share, defined once (names, defaults and help are the original's).
+
+- ``add_data_type_dirs`` / ``resolve_data_type_dirs``: ``--data_type passage|doc`` and folders that
+  default to ``./data/<data_type>/<sub folder>`` (star/inference.py, star/prepare_hardneg.py,
+  star/bm25_hardneg.py);
+- ``add_mode``: ``--mode`` (a query set of the preprocess folder);
+- ``add_encoding_flags``: the per-device batch size, ``--no_cuda``, ``--fp16``, ``--bf16`` of the
+  scripts that embed with a model (star/inference.py, star/prepare_hardneg.py, adore/inference.py);
+- ``add_search_flags``: ``--topk`` and ``--faiss_gpus`` (star/inference.py, adore/inference.py);
+- ``add_tokenizer_mismatch_flag``: ``--allow_tokenizer_mismatch``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Dict, Optional, Tuple
+
+from ..cli import dir_path, int_at_least
+from ..io import MODES
+from ..lineage import OVERRIDE_FLAG
+
+DATA_TYPES = ("passage", "doc")
+
+
+def add_data_type_dirs(parser: argparse.ArgumentParser, dirs: Dict[str, Tuple[str, str]],
+                       data_type=None, required: bool = True) -> None:
+    """``--data_type`` and one folder flag per ``dirs`` entry ``flag: (sub folder, help)``, default
+    ``./data/<data_type>/<sub folder>`` (filled in by ``resolve_data_type_dirs``)."""
+    if data_type is None:
+        parser.add_argument("--data_type", choices=list(DATA_TYPES), type=str, required=required)
+    else:
+        parser.add_argument("--data_type", type=data_type, required=required, help="passage|doc (or 1|0)")
+    for name, (sub, help_text) in dirs.items():
+        parser.add_argument(f"--{name}", type=dir_path, default=None,
+                            help=f"{help_text + '; ' if help_text else ''}default ./data/<data_type>/{sub}")
+
+
+def resolve_data_type_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                           dirs: Dict[str, Tuple[str, str]]) -> argparse.Namespace:
+    """Fill the folders left unset with their defaults; a default that is an existing file is a usage error
+    too (exit 2), as a given one is."""
+    root = os.path.join(".", "data", args.data_type)
+    for name, (sub, _) in dirs.items():
+        path = getattr(args, name) or os.path.join(root, *sub.split("/"))
+        setattr(args, name, path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            parser.error(f"argument --{name}: {path} is not a directory")
+    return args
+
+
+def parse_with_dirs(parser: argparse.ArgumentParser, argv, dirs: Dict[str, Tuple[str, str]]) -> argparse.Namespace:
+    """Parse ``argv`` and fill in the folders of ``add_data_type_dirs``."""
+    return resolve_data_type_dirs(parser, parser.parse_args(argv), dirs)
+
+
+def add_mode(parser: argparse.ArgumentParser, default: Optional[str] = None, help: Optional[str] = None) -> None:
+    parser.add_argument("--mode", type=str, choices=list(MODES), required=default is None, default=default,
+                        help=help)
+
+
+def add_encoding_flags(parser: argparse.ArgumentParser, batch_flag: str = "eval_batch_size", batch_default: int = 32,
+                       no_cuda_help: Optional[str] = None) -> None:
+    parser.add_argument(f"--{batch_flag}", type=int_at_least(1), default=batch_default,
+                        help="per GPU (or on the CPU)")
+    parser.add_argument("--no_cuda", action="store_true", help=no_cuda_help or "encode on the CPU")
+    parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for encoding (GPU only)")
+
+
+def add_search_flags(parser: argparse.ArgumentParser, topk_default: int, faiss_gpus: bool = True) -> None:
+    parser.add_argument("--topk", type=int_at_least(1), default=topk_default)
+    if faiss_gpus:
+        parser.add_argument("--faiss_gpus", type=int_at_least(0), default=None, nargs="+",
+                            help="GPU ids to shard the faiss index over (default: CPU)")
+
+
+def add_tokenizer_mismatch_flag(parser: argparse.ArgumentParser, what: str = "encode") -> None:
+    parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                        help=f"{what} even when the model's tokenizer differs from the one that made "
+                        "--preprocess_dir")
