@@ -36,8 +36,11 @@ DATA_DIR=${DRHARD_DATA_DIR:-"$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/data"
 
 usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-die() { echo "download_data.sh: ERROR: $*" >&2; exit 1; }
+# Exit statuses as every DRhard program (README "Exit statuses"): 1 with one "error: ..." line on
+# stderr, 2 for a bad command line, 130 when interrupted (Ctrl-C).
+die() { echo "error: download_data.sh: $*" >&2; exit 1; }
 say() { echo "download_data.sh: $*" >&2; }
+trap 'echo "interrupted" >&2; exit 130' INT
 
 command -v curl >/dev/null || die "curl is required"
 
@@ -48,7 +51,7 @@ for arg in "$@"; do
         --passage) want_passage=1 ;;
         --doc) want_doc=1 ;;
         -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument: $arg" ;;
+        *) usage >&2; echo "error: download_data.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 if [ $want_passage = 0 ] && [ $want_doc = 0 ]; then

@@ -47,7 +47,7 @@ import torch
 
 from drhard import distributed as dd
 from drhard.cli import int_at_least, run
-from drhard.index import usable_cpus
+from drhard.device import usable_cpus
 
 
 class CountingDist:

@@ -30,9 +30,10 @@ Reliability rules:
   differs in a field that changes the result (``RESULT_FIELDS``) is refused
   unless ``allow_config_change`` is set.  Temp folders of killed saves are
   removed at start.
-* Checkpoints are verified before a resume: ``auto`` takes the newest one
-  that verifies (saying which were skipped and why); an explicitly named one
-  that does not verify is a ``DataError`` naming the bad file.
+* Checkpoints are verified before a resume (``drhard.checkpoint.resolve_resume``):
+  ``auto`` takes the newest one that verifies (saying which were skipped and
+  why) and none verifying is a ``DataError``; an explicitly named one that does
+  not verify is a ``DataError`` naming the bad file.
 """
 from __future__ import annotations
 
@@ -49,19 +50,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import index as dindex
-from .checkpoint import newest_verified, verify_checkpoint, write_checksums
+from .checkpoint import find_checkpoints, resolve_resume, write_checksums
 from .cli import check_flags, finite_float, flag, float_at_least, int_at_least
-from .dataset import EpochSeededSampler, pad_batch, seed_everything
+from .dataset import EpochSeededSampler, QueryDataset, pad_batch, seed_everything
 from .device import resolve_device
-from .errors import DataError, NonFiniteError, data_error
+from .errors import DataError, NonFiniteError
 from .finite import NonFiniteGuard, check_model_finite, first_nonfinite_row
-from .io import (TokenCache, atomic_dir, atomic_write, qrel_path, query_name, read_offset_qrels, remove_stale_tmp,
-                 token_prefix)
+from .io import atomic_dir, atomic_write, remove_stale_tmp
 from .losses import adore_batch_metrics, adore_loss, build_adore_lists, gather_candidate_embeddings
 from .model import RobertaDot
 from .optim import build_optimizer, param_groups
@@ -139,31 +139,6 @@ class AdoreConfig:
         return self.max_seq_length
 
 
-class QueryDataset(Dataset):
-    """Training queries with at least one relevant passage, in offset order."""
-
-    def __init__(self, preprocess_dir: str, max_len: int, n_passages: int, mode: str = "train"):
-        self.cache = TokenCache(token_prefix(preprocess_dir, query_name(mode)))
-        path = qrel_path(preprocess_dir, mode)
-        rels = read_offset_qrels(path)
-        for q, ps in rels.items():
-            if not 0 <= q < len(self.cache) or any(not 0 <= p < n_passages for p in ps):
-                raise data_error(path, None, f"query {q} or its passages lie outside the memmaps "
-                                 f"({len(self.cache)} queries, {n_passages} passage embeddings)")
-        self.rels = {q: ps for q, ps in rels.items() if ps}
-        self.qoffsets = sorted(self.rels)
-        if not self.qoffsets:
-            raise data_error(path, None, "no relevant (query, passage) pair to train on")
-        self.max_len = max_len
-
-    def __len__(self) -> int:
-        return len(self.qoffsets)
-
-    def __getitem__(self, i: int):
-        q = self.qoffsets[i]
-        return q, self.cache.get(q, self.max_len)
-
-
 class _Collate:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -221,42 +196,7 @@ def _recorded_step(path: str) -> int:
 
 def checkpoint_candidates(model_save_dir: str) -> List[Tuple[int, str]]:
     """Every ``epoch-N``/``ckpt-N`` folder of ``model_save_dir`` as (recorded global step, path), unverified."""
-    if not os.path.isdir(model_save_dir):
-        return []
-    out = []
-    for name in os.listdir(model_save_dir):
-        path = os.path.join(model_save_dir, name)
-        if CHECKPOINT_NAME.fullmatch(name) and os.path.isdir(path):
-            out.append((_recorded_step(path), path))
-    return sorted(out)
-
-
-def last_checkpoint(model_save_dir: str) -> Optional[str]:
-    """The newest checkpoint of ``model_save_dir`` that verifies (skipped ones are logged), or None."""
-    return newest_verified(checkpoint_candidates(model_save_dir), REQUIRED_FILES)
-
-
-def resolve_resume(model_save_dir: str, resume: Optional[str]) -> Optional[str]:
-    """The checkpoint to resume from: ``auto``/``last`` = the newest that verifies; a path must verify."""
-    if resume in ("auto", "last"):
-        found = checkpoint_candidates(model_save_dir)
-        if not found:
-            logger.info("%s holds no checkpoint: starting from scratch", model_save_dir)
-            return None
-        path = newest_verified(found, REQUIRED_FILES)
-        if path is None:
-            newest = found[-1][1]
-            raise DataError(f"none of the {len(found)} checkpoints in {model_save_dir} verifies; the newest: "
-                            f"{verify_checkpoint(newest, REQUIRED_FILES)} (use --overwrite_output_dir to start over)")
-        if path != found[-1][1]:
-            logger.warning("resuming from %s, the newest checkpoint that verifies (newer ones are damaged, "
-                           "see above)", path)
-        return path
-    if resume:
-        problem = verify_checkpoint(resume, REQUIRED_FILES)
-        if problem is not None:
-            raise DataError(f"{problem} (--resume_from_checkpoint {resume} cannot be resumed)")
-    return resume
+    return find_checkpoints(model_save_dir, CHECKPOINT_NAME, _recorded_step)
 
 
 def _abs(path) -> str:
@@ -301,7 +241,7 @@ def prepare_output_dir(cfg: AdoreConfig) -> Optional[str]:
     remove_stale_tmp(save_dir)
     if cfg.overwrite_output_dir and cfg.resume_from_checkpoint:
         raise DataError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
-    resume = resolve_resume(save_dir, cfg.resume_from_checkpoint)
+    resume = resolve_resume(save_dir, cfg.resume_from_checkpoint, checkpoint_candidates(save_dir), REQUIRED_FILES)
     if cfg.overwrite_output_dir:
         remove_old_run(save_dir)
     elif not cfg.resume_from_checkpoint and os.path.isdir(save_dir) and os.listdir(save_dir):

@@ -15,32 +15,30 @@ it existed, or by another tool) is verified by parsing its files instead
 ``weights_only=True``).  ``newest_verified`` walks candidates newest first and
 skips, with a warning naming the file, every one that does not verify.
 
+Resuming (both trainers): ``find_checkpoints`` lists a run folder's checkpoints and
+``resolve_resume`` turns ``--resume_from_checkpoint`` into the folder to resume:
+``auto`` (also ``last``, ``True``: the words of ``RESUME_AUTO``) is the newest
+checkpoint that verifies; a named folder must verify.
+
 Cost: hashing reads the checkpoint once more (about 1.5 GB for roberta-base with
 its optimizer state: a few seconds) at each save and at each resume.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from typing import Iterable, Optional, Sequence, Tuple
+import re
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-from .io import atomic_write
+from .errors import DataError
+from .io import atomic_write, sha256_file
 
 logger = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"
 SCHEMA = "drhard-checkpoint/1"
-HASH_BLOCK = 1 << 22
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(HASH_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
+RESUME_AUTO = ("auto", "last", "True", "true")  # --resume_from_checkpoint: the newest checkpoint that verifies
 
 
 def _files(folder: str) -> Iterable[str]:
@@ -130,3 +128,53 @@ def newest_verified(candidates: Sequence[Tuple[int, str]], required: Sequence[st
             return path
         logger.warning("skipping checkpoint %s (step %d): %s", path, step, problem)
     return None
+
+
+def find_checkpoints(folder: str, name: "re.Pattern[str]", step: Callable[[str], int]) -> List[Tuple[int, str]]:
+    """``(step, path)`` of every sub-folder of ``folder`` whose whole name matches ``name``, oldest first
+    (unverified; temp folders of killed saves never match).  ``step(path)`` gives a checkpoint's step."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if name.fullmatch(entry) and os.path.isdir(path):
+            found.append((step(path), path))
+    return sorted(found)
+
+
+def resolve_resume(folder: str, resume: Optional[str], candidates: Sequence[Tuple[int, str]],
+                   required: Sequence[str] = (), none_verified: str = "error") -> Optional[str]:
+    """The checkpoint to resume from, for ``--resume_from_checkpoint resume``.
+
+    None -> None.  A word of ``RESUME_AUTO`` -> the newest of ``candidates`` (``find_checkpoints`` of
+    ``folder``) that verifies, None when there is none; when there are some but none verifies,
+    ``none_verified="error"`` raises ``DataError`` naming the newest one's bad file and ``"scratch"``
+    starts from scratch with a warning.  A folder -> itself, which must verify (``DataError`` naming the
+    bad file otherwise).
+    """
+    if not resume:
+        return None
+    if resume in RESUME_AUTO:
+        if not candidates:
+            logger.info("%s holds no checkpoint: starting from scratch", folder)
+            return None
+        path = newest_verified(candidates, required)
+        if path is None:
+            if none_verified == "error":
+                raise DataError(f"none of the {len(candidates)} checkpoints in {folder} verifies; the newest: "
+                                f"{verify_checkpoint(candidates[-1][1], required)} (use --overwrite_output_dir "
+                                "to start over)")
+            logger.warning("no checkpoint in %s verifies: starting from scratch", folder)
+            return None
+        if path != candidates[-1][1]:
+            logger.warning("resuming from %s, the newest checkpoint that verifies (newer ones were skipped, see "
+                           "above)", path)
+        return path
+    if not os.path.isdir(resume):
+        raise DataError(f"--resume_from_checkpoint {resume}: no such directory")
+    problem = verify_checkpoint(resume, required)
+    if problem is not None:
+        raise DataError(f"{problem} (--resume_from_checkpoint {resume} cannot be resumed: name another checkpoint, "
+                        "or use auto)")
+    return resume

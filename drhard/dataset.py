@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import random
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -114,7 +114,52 @@ def open_nonempty_cache(preprocess_dir: str, name: str, what: str) -> TokenCache
     return TokenCache(prefix)
 
 
-class TrainQueryDataset(Dataset):
+def check_qrels_offsets(path: str, qrels: Mapping[int, Sequence[int]], n_queries: int, n_passages: int) -> None:
+    """Every query offset of ``qrels`` is a row of the query cache and every passage offset a passage row."""
+    bad_q = [q for q in qrels if not 0 <= q < n_queries]
+    if bad_q:
+        raise DataError(f"{path}: query offsets {bad_q[:5]} are not rows of the query cache ({n_queries} rows): "
+                        "preprocess outputs do not match")
+    bad_p = sorted({p for ps in qrels.values() for p in ps if not 0 <= p < n_passages})
+    if bad_p:
+        raise DataError(f"{path}: passage offsets {bad_p[:5]} are not rows of passages ({n_passages} rows): "
+                        "preprocess outputs do not match")
+
+
+def training_qrels(path: str, n_queries: int, n_passages: int) -> Dict[int, List[int]]:
+    """{qoffset: relevant poffsets} of the offset qrels ``path`` for the queries with a relevant passage
+    (relevance >= 1), offsets checked against the caches; none at all is a ``DataError``."""
+    rels = read_offset_qrels(path)
+    check_qrels_offsets(path, rels, n_queries, n_passages)
+    rels = {q: ps for q, ps in rels.items() if ps}
+    if not rels:
+        raise data_error(path, None, "no relevant (query, passage) pair to train on")
+    return rels
+
+
+class QueryDataset(Dataset):
+    """The queries of ``mode`` that have a relevant passage, in offset order; item ``i`` is
+    ``(qoffset, query ids cut to max_query_length)`` and ``rels[qoffset]`` its relevant poffsets.
+
+    The query cache and the qrels are checked (an empty cache, offsets outside the caches, no relevant
+    pair are each a ``DataError``).  ADORE trains on these items; STAR's items extend them.
+    """
+
+    def __init__(self, preprocess_dir: str, max_query_length: int, n_passages: int, mode: str = "train"):
+        self.queries = open_nonempty_cache(preprocess_dir, query_name(mode), "queries")
+        self.rels = training_qrels(qrel_path(preprocess_dir, mode), len(self.queries), n_passages)
+        self.qoffsets = sorted(self.rels)
+        self.max_query_length = max_query_length
+
+    def __len__(self) -> int:
+        return len(self.qoffsets)
+
+    def __getitem__(self, i: int):
+        q = self.qoffsets[i]
+        return q, self.queries.get(q, self.max_query_length)
+
+
+class TrainQueryDataset(QueryDataset):
     """Items for STAR / Inbatch-Neg / Rand-Neg training."""
 
     def __init__(self, preprocess_dir: str, max_query_length: int, max_doc_length: int,
@@ -122,21 +167,9 @@ class TrainQueryDataset(Dataset):
                  seed: int = 42, mode: str = "train"):
         if negative_type not in NEGATIVE_TYPES:
             raise ValueError(f"negative type must be one of {NEGATIVE_TYPES}")
-        self.queries = open_nonempty_cache(preprocess_dir, query_name(mode), "queries")
         self.docs = open_nonempty_cache(preprocess_dir, PASSAGES, "passages")
-        qrels_file = qrel_path(preprocess_dir, mode)
-        rels = read_offset_qrels(qrels_file)
-        n_q, n_p = len(self.queries), len(self.docs)
-        for q, ps in rels.items():
-            if not 0 <= q < n_q or any(not 0 <= p < n_p for p in ps):
-                raise data_error(qrels_file, None, f"query {q} or its passages lie outside the memmaps "
-                                 f"({n_q} queries, {n_p} passages)")
-        self.rels = {q: ps for q, ps in rels.items() if ps}
+        super().__init__(preprocess_dir, max_query_length, len(self.docs), mode)
         self.rel_sets = {q: set(ps) for q, ps in self.rels.items()}
-        self.qoffsets = sorted(self.rels)
-        if not self.qoffsets:
-            raise data_error(qrels_file, None, "no relevant (query, passage) pair to train on")
-        self.max_query_length = max_query_length
         self.max_doc_length = max_doc_length
         self.negative_type = negative_type
         self.hard_num = hard_num
@@ -147,14 +180,11 @@ class TrainQueryDataset(Dataset):
             if not hardneg_path:
                 raise DataError("--hardneg_path is required for STAR / BM25-Neg training "
                                 "(use --negative_type inbatch or random to train without it)")
-            self.hard = load_hardneg(hardneg_path, n_p, n_q)
+            self.hard = load_hardneg(hardneg_path, len(self.docs), len(self.queries))
             check_hardneg_coverage(hardneg_path, self.hard, self.qoffsets, hard_num)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.qoffsets)
 
     def __getitem__(self, item: int) -> dict:
         rng = random.Random(hash((self.seed, self.epoch, int(item))))

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .tokenization import TOKENIZER_FILES
+
 logger = logging.getLogger(__name__)
 
-TOKENIZER_PATTERNS = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json", "config.json")
+TOKENIZER_PATTERNS = TOKENIZER_FILES + ("config.json",)
 MODEL_PATTERNS = TOKENIZER_PATTERNS + ("model.safetensors", "pytorch_model.bin", "1_Pooling/config.json")
 
 

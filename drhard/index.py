@@ -14,11 +14,12 @@ we say so in the log and search on the CPU instead of failing mid-run.
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
+
+from .device import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ def faiss_has_gpu() -> bool:
 def visible_faiss_gpus() -> List[int]:
     """Every GPU faiss can use (``prepare_hardneg.py`` uses them all unless ``--not_faiss_cuda``)."""
     return list(range(faiss_module().get_num_gpus())) if faiss_has_gpu() else []
-
-
-def usable_cpus() -> int:
-    """Cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def index_bytes(n: int, dim: int, float16: bool = False) -> int:

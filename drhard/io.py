@@ -123,6 +123,28 @@ def hard_json_path(output_dir: str) -> str:
     return os.path.join(output_dir, HARD_JSON)
 
 
+# --------------------------------------------------------------------------- hashing
+HASH_BLOCK = 1 << 22
+
+
+def sha256_file(path: str, ranges: Optional[Sequence[Tuple[int, int]]] = None) -> str:
+    """sha256 hex of the file ``path``, or of its byte ``ranges`` ``[(start, length), ...]`` read one after the
+    other (the one hashing loop of manifests, checkpoints and tokenizer fingerprints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for start, length in ranges if ranges is not None else [(0, None)]:
+            f.seek(start)
+            left = length
+            while left is None or left > 0:
+                block = f.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
+                if not block:
+                    break
+                h.update(block)
+                if left is not None:
+                    left -= len(block)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- atomic writes
 def _tmp_name(path: str) -> str:
     d, base = os.path.split(os.path.abspath(path))
@@ -272,15 +294,6 @@ def read_meta(prefix: str) -> dict:
         raise data_error(path, None, f"not a DRhard meta file ({e})") from None
     check_preprocess_set(os.path.dirname(path) or ".", [os.path.basename(path)])
     return meta
-
-
-def token_cache_complete(prefix: str) -> bool:
-    """True when ``prefix`` (a memmap written by preprocess) and its meta/lengths agree in size."""
-    try:
-        check_token_cache(prefix)
-        return True
-    except DataError:
-        return False
 
 
 def check_token_cache(prefix: str) -> Tuple[dict, int]:
@@ -643,16 +656,10 @@ def set_file_record(path: str) -> Dict[str, object]:
     """``{"size", "sha256"}`` of a file up to ``SET_FULL_HASH_LIMIT``; larger files get
     ``{"size", "sha256_edges"}``, the sha256 of their first and last ``SET_EDGE_BYTES``."""
     size = os.path.getsize(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= SET_FULL_HASH_LIMIT:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-            return {"size": size, "sha256": h.hexdigest()}
-        h.update(f.read(SET_EDGE_BYTES))
-        f.seek(size - SET_EDGE_BYTES)
-        h.update(f.read(SET_EDGE_BYTES))
-    return {"size": size, "sha256_edges": h.hexdigest()}
+    if size <= SET_FULL_HASH_LIMIT:
+        return {"size": size, "sha256": sha256_file(path)}
+    edges = [(0, SET_EDGE_BYTES), (size - SET_EDGE_BYTES, SET_EDGE_BYTES)]
+    return {"size": size, "sha256_edges": sha256_file(path, edges)}
 
 
 def record_matches(path: str, rec: dict) -> bool:

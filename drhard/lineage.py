@@ -28,7 +28,6 @@ that the lineage cannot be checked and goes on.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,8 @@ import platform
 import sys
 from typing import Any, Dict, Mapping, Optional
 
-from .io import PREPROCESS_MANIFEST, DataError, atomic_write
+from .io import PREPROCESS_MANIFEST, DataError, atomic_write, sha256_file
+from .tokenization import has_vocab_files
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,6 @@ SUFFIX = ".manifest.json"
 FULL_HASH_LIMIT = 64 * 2 ** 20
 EDGE_BYTES = 2 ** 20
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# files that define a vocabulary (tokenizer_config.json & co. alone do not)
-VOCAB_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "spiece.model",
-               "sentencepiece.bpe.model")
 OVERRIDE_FLAG = "--allow_tokenizer_mismatch"
 
 
@@ -60,21 +57,6 @@ def manifest_path(folder: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------- records
-def _sha256_range(path: str, start: int, length: Optional[int]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = length
-        while left is None or left > 0:
-            block = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h.hexdigest()
-
-
 def file_record(path: str) -> Dict[str, Any]:
     """Size and sha256 of ``path`` (whole file under 64 MiB, else its first and last 1 MiB)."""
     rec: Dict[str, Any] = {"path": os.path.abspath(path)}
@@ -85,11 +67,11 @@ def file_record(path: str) -> Dict[str, Any]:
     rec["size"] = size
     if size < FULL_HASH_LIMIT:
         rec["hashed"] = "full"
-        rec["sha256"] = _sha256_range(path, 0, None)
+        rec["sha256"] = sha256_file(path)
     else:
         rec["hashed"] = "first and last 1 MiB"
-        rec["sha256_first_1MiB"] = _sha256_range(path, 0, EDGE_BYTES)
-        rec["sha256_last_1MiB"] = _sha256_range(path, size - EDGE_BYTES, EDGE_BYTES)
+        rec["sha256_first_1MiB"] = sha256_file(path, [(0, EDGE_BYTES)])
+        rec["sha256_last_1MiB"] = sha256_file(path, [(size - EDGE_BYTES, EDGE_BYTES)])
     return rec
 
 
@@ -145,10 +127,6 @@ def preprocess_inputs(preprocess_dir: str, names, files=()) -> Dict[str, str]:
     inputs.update({n: token_memmap_path(token_prefix(preprocess_dir, n)) for n in names})
     inputs.update({f: os.path.join(preprocess_dir, f) for f in files})
     return inputs
-
-
-def has_vocab_files(folder: str) -> bool:
-    return any(os.path.isfile(os.path.join(folder, n)) for n in VOCAB_FILES)
 
 
 def tokenizer_fingerprint(folder: str, compat: str = "auto") -> str:
@@ -235,13 +213,13 @@ def write_manifest(folder: str, name: str, inputs: Mapping[str, str], extra: Opt
         if k in man:
             raise ValueError(f"extra key {k!r} would overwrite the manifest's own field")
         man[k] = _jsonable(v)
-    path = manifest_path(folder, name)
+    return save_manifest(manifest_path(folder, name), man)
+
+
+def save_manifest(path: str, manifest: Mapping[str, Any]) -> str:
+    """Write a manifest (these lineage records, ``preprocess_manifest.json``) as every manifest is written:
+    atomically, JSON with sorted keys and a 2-space indent; returns ``path``."""
     with atomic_write(path) as f:
-        json.dump(man, f, indent=2, sort_keys=True)
+        json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")
     return path
-
-
-def read_manifest(folder: str, name: str) -> dict:
-    with open(manifest_path(folder, name), encoding="utf-8") as f:
-        return json.load(f)

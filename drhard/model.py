@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Dict, Optional
 
 import torch
@@ -33,12 +32,11 @@ from transformers import AutoConfig, AutoModel
 
 from .errors import ModelLoadError  # noqa: F401 - re-exported
 from .io import atomic_path
+from .tokenization import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("first", "mean")
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json")
 # Checkpoint weights RobertaDot has no use for, dropped without a warning: a task head (ANCE's
 # RobertaForSequenceClassification ``classifier.*``, an MLM head), the backbone's pooler (transformers
 # 2.x RobertaModel always had one; the original's 4.x saves do not), and buffers that are not weights.
@@ -309,16 +307,6 @@ class RobertaDot(nn.Module):
             save_file(self.state_dict_for_save(), tmp, metadata={"format": "pt"})
         if tokenizer_dir:
             copy_tokenizer_files(tokenizer_dir, out_dir)
-
-
-def copy_tokenizer_files(src: str, dst: str) -> None:
-    """Copy whatever tokenizer files ``src`` holds into ``dst`` (so a model directory carries its vocabulary)."""
-    if not src or not os.path.isdir(src) or os.path.abspath(src) == os.path.abspath(dst):
-        return
-    for name in TOKENIZER_FILES:
-        p = os.path.join(src, name)
-        if os.path.exists(p):
-            shutil.copyfile(p, os.path.join(dst, name))
 
 
 def build_tiny_roberta(vocab_size: int = 1000, hidden: int = 32, layers: int = 2, heads: int = 2,

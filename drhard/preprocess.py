@@ -81,6 +81,8 @@ import numpy as np
 
 from . import io as dio
 from .cli import check_flags, flag, int_at_least
+from .device import usable_cpus
+from .lineage import save_manifest
 from .io import DataError, data_error
 from .rawdata import INPUT_FILES, input_names, parse_collection_line, parse_data_type, parse_qrels_line, parse_query_line
 
@@ -357,13 +359,6 @@ def _read_query_set(kind: str, data_dir: str, mode: str) -> _QuerySet:
 
 
 # --------------------------------------------------------------------------- the run
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 PASSAGE_FILES = tuple(dio.token_cache_names(dio.PASSAGES)) + (dio.PID2OFFSET,)
 
 
@@ -436,14 +431,6 @@ def count_lines(path: str) -> int:
     return scan_file(path)[0]
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for blob in iter(lambda: f.read(SCAN_BLOCK), b""):
-            digest.update(blob)
-    return digest.hexdigest()
-
-
 def output_bytes(n_passages: int, query_rows: Sequence[int], max_seq_length: int, max_query_length: int) -> int:
     """Bytes preprocess writes for ``n_passages`` collection rows (0 when reused) and the query sets:
     int32 memmap rows and lengths, plus 16 B per id-map entry (the pickles take about 10)."""
@@ -470,17 +457,17 @@ def preprocess(args: PreprocessArgs) -> dict:
     tokenizer = load_tokenizer(tok_path, compat=args.tokenizer_compat)
     compat = tokenizer.compat
     fingerprint = tokenizer.fingerprint()
-    workers = max(1, min(args.threads, usable_cores()))
+    workers = max(1, min(args.threads, usable_cpus()))
     logger.info("tokenizer %s (compat %s, fingerprint %s), %d worker(s)", tok_path, compat, fingerprint[:12], workers)
 
     # query files and qrels first: cheap, and their errors should not wait for the collection
     query_sets = [_read_query_set(kind, args.data_dir, mode) for mode in dio.MODES]
-    input_sha256 = {f: _sha256_file(os.path.join(args.data_dir, f)) for f in needed[1:]}
+    input_sha256 = {f: dio.sha256_file(os.path.join(args.data_dir, f)) for f in needed[1:]}
 
     out_dir = args.out_data_dir
     os.makedirs(out_dir, exist_ok=True)
     recover_commit(out_dir)
-    _remove_dead_stages(out_dir)
+    dio.remove_stale_tmp(out_dir)  # staging folders (and temp files) of killed runs; a live run's are kept
     stage = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out_dir)
     pool = None
     rows: Dict[str, int] = {}
@@ -548,9 +535,7 @@ def preprocess(args: PreprocessArgs) -> dict:
             "workers": workers,
             "seconds": round(time.time() - t_start, 3),
         }
-        with open(os.path.join(stage, MANIFEST), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
+        save_manifest(os.path.join(stage, MANIFEST), manifest)
         records[MANIFEST] = dio.set_file_record(os.path.join(stage, MANIFEST))
         _commit(stage, out_dir, records, staged + [MANIFEST])
     finally:
@@ -559,23 +544,6 @@ def preprocess(args: PreprocessArgs) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
     logger.info("preprocess done in %.1f s: %s", time.time() - t_start, rows)
     return manifest
-
-
-def _remove_dead_stages(out_dir: str) -> None:
-    """Remove staging folders left by killed runs (their pid is gone); a live run's is kept."""
-    for name in os.listdir(out_dir):
-        if not name.startswith(STAGE_PREFIX):
-            continue
-        try:
-            pid = int(name[len(STAGE_PREFIX):].split("-")[0])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- committing the set

@@ -10,7 +10,7 @@ Output names (in the output directory, as the original writes them) come from
 float32 embeddings, int32 offsets and the rank file of each mode.
 
 The scripts check every input they will read (``open_token_cache``,
-``check_qrels_offsets``, ``open_passage_embeddings``) and that the output folder
+``drhard.dataset.check_qrels_offsets``, ``open_passage_embeddings``) and that the output folder
 takes files (``prepare_output_dir``) before the first long step, so a bad file
 fails in seconds, not after hours of encoding.
 """
@@ -80,18 +80,6 @@ def open_token_cache(preprocess_dir: str, name: str) -> TokenCache:
     if meta["embedding_size"] < 1:
         raise data_error(meta_path(prefix), None, f"row width {meta['embedding_size']} is not positive")
     return TokenCache(prefix)
-
-
-def check_qrels_offsets(path: str, qrels: Mapping[int, Sequence[int]], n_queries: int, n_passages: int) -> None:
-    """Every query offset of ``qrels`` is a row of the query cache and every passage offset a passage row."""
-    bad_q = [q for q in qrels if not 0 <= q < n_queries]
-    if bad_q:
-        raise DataError(f"{path}: query offsets {bad_q[:5]} are not rows of the query cache ({n_queries} rows): "
-                        "preprocess outputs do not match")
-    bad_p = sorted({p for ps in qrels.values() for p in ps if not 0 <= p < n_passages})
-    if bad_p:
-        raise DataError(f"{path}: passage offsets {bad_p[:5]} are not rows of passages ({n_passages} rows): "
-                        "preprocess outputs do not match")
 
 
 def read_eval_qrels(path: str):

@@ -143,7 +143,7 @@ def versions() -> Dict[str, object]:
 
 
 def devices() -> Dict[str, object]:
-    from .index import usable_cpus
+    from .device import usable_cpus
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -25,8 +25,9 @@ Policies, each in one place:
 * **Checkpoints are verified.**  Each ``checkpoint-N`` ends with
   ``checksums.json`` (``drhard.checkpoint``), written after every file the
   Trainer saved; ``resolve_resume`` picks the newest checkpoint that verifies
-  for ``auto`` (saying which it skipped) and refuses an explicitly named one
-  that does not, in one line naming the bad file.
+  for ``auto`` (saying which it skipped; none: training starts from scratch)
+  and refuses an explicitly named one that does not, in one line naming the bad
+  file (``drhard.checkpoint.resolve_resume``, shared with ADORE).
 * **Stop at a step without changing the schedule** (``StopAtStep``): the paper
   planned 100 epochs and stopped near step 50k; ``--max_steps`` would instead
   decay the rate to 0 at the stop.
@@ -52,10 +53,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
 from . import losses
-from .checkpoint import newest_verified, verify_checkpoint, write_checksums
+from .checkpoint import find_checkpoints, write_checksums
+from .checkpoint import resolve_resume as resolve_checkpoint
 from .cli import check_at_least
 from .dataset import NEGATIVE_TYPES, EpochSeededSampler
-from .errors import DataError
 from .finite import NonFiniteGuard, check_model_finite
 from .model import RobertaDot
 from .optim import build_optimizer, param_groups
@@ -65,7 +66,6 @@ logger = logging.getLogger(__name__)
 # What a checkpoint must hold to resume exactly (weights, optimizer, schedule, step), RNG states aside.
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
-RESUME_AUTO = ("auto", "True", "true", "last")
 TENSORBOARD_SUBDIR = "log"
 
 
@@ -412,15 +412,8 @@ class EpochToDataset(TrainerCallback):
 
 def checkpoint_candidates(output_dir: str) -> List[Tuple[int, str]]:
     """``(step, path)`` of every ``checkpoint-N`` folder (temp folders of other names are never candidates)."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        m = CHECKPOINT_NAME.fullmatch(name)
-        path = os.path.join(output_dir, name)
-        if m and os.path.isdir(path):
-            found.append((int(m.group(1)), path))
-    return sorted(found)
+    return find_checkpoints(output_dir, CHECKPOINT_NAME,
+                            lambda path: int(CHECKPOINT_NAME.fullmatch(os.path.basename(path)).group(1)))
 
 
 def required_checkpoint_files(world_size: int = 1) -> Tuple[str, ...]:
@@ -430,26 +423,7 @@ def required_checkpoint_files(world_size: int = 1) -> Tuple[str, ...]:
 
 
 def resolve_resume(output_dir: str, resume: Optional[str], world_size: int = 1) -> Optional[str]:
-    """The checkpoint to resume from: ``auto`` (also True/last) -> the newest that verifies, or None; a path ->
-    that checkpoint, which must verify (``DataError`` naming the bad file otherwise); None -> None."""
-    if not resume:
-        return None
-    required = required_checkpoint_files(world_size)
-    if resume in RESUME_AUTO:
-        candidates = checkpoint_candidates(output_dir)
-        path = newest_verified(candidates, required)
-        if path is None:
-            if candidates:
-                logger.warning("no checkpoint in %s verifies: starting from scratch", output_dir)
-            else:
-                logger.info("no checkpoint in %s: starting from scratch", output_dir)
-        elif path != candidates[-1][1]:
-            logger.warning("resuming from %s, the newest checkpoint that verifies (newer ones were skipped, see above)",
-                           path)
-        return path
-    if not os.path.isdir(resume):
-        raise DataError(f"--resume_from_checkpoint {resume}: no such directory")
-    problem = verify_checkpoint(resume, required)
-    if problem is not None:
-        raise DataError(f"{problem} (--resume_from_checkpoint {resume}: name another checkpoint, or use auto)")
-    return resume
+    """``drhard.checkpoint.resolve_resume`` for ``checkpoint-N`` folders; ``auto`` with none that verifies starts
+    from scratch (a warning)."""
+    return resolve_checkpoint(output_dir, resume, checkpoint_candidates(output_dir) if resume else [],
+                              required_checkpoint_files(world_size), none_verified="scratch")

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import TokenizerNotFound  # noqa: F401 - re-exported
+from .io import sha256_file
 
 import numpy as np
 
@@ -48,9 +49,13 @@ logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>", "<mask>")
 ROBERTA_FILES = ("vocab.json", "merges.txt")
-# files copied along with a tokenizer into a model directory, when present
+# Every file of a tokenizer folder: copied into a model directory with the model, fingerprinted (in this order:
+# it is part of the fingerprint), fetched from the hub ...
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+# ... and those that define a vocabulary (a folder with none of them holds no tokenizer)
+VOCAB_FILES = tuple(n for n in TOKENIZER_FILES if n not in ("tokenizer_config.json", "special_tokens_map.json",
+                                                            "added_tokens.json"))
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 DEFAULT_NAME = "roberta-base"
 ENV_TOKENIZER = "DRHARD_TOKENIZER"
@@ -74,14 +79,6 @@ def lower_per_char(text: str) -> str:
     if "\u03a3" not in text:  # U+03A3 is the only code point whose lower() depends on context
         return text.lower()
     return "".join(c.lower() for c in text)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- BPE engines
@@ -266,11 +263,11 @@ class DRhardTokenizer:
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"compat={self.compat}\n".encode())
         for name in ROBERTA_FILES:
-            h.update(f"{name}={_sha256(self.path / name)}\n".encode())
+            h.update(f"{name}={sha256_file(str(self.path / name))}\n".encode())
         return h.hexdigest()
 
     def save_pretrained(self, out_dir: Union[str, Path]) -> None:
-        _copy_tokenizer_files(self.path, Path(out_dir))
+        copy_tokenizer_files(str(self.path), str(out_dir))
         out = Path(out_dir)
         if not (out / "tokenizer_config.json").exists():
             _write_roberta_tokenizer_config(out)
@@ -313,7 +310,7 @@ class HFTokenizer:
         for name in TOKENIZER_FILES:
             p = self.path / name
             if p.is_file():
-                h.update(f"{name}={_sha256(p)}\n".encode())
+                h.update(f"{name}={sha256_file(str(p))}\n".encode())
         return h.hexdigest()
 
     def save_pretrained(self, out_dir: Union[str, Path]) -> None:
@@ -387,12 +384,20 @@ def load_tokenizer(name_or_path: Union[str, Path], compat: str = "auto", backend
     raise ValueError(f"unknown compat {compat!r} (auto, drhard or hf)")
 
 
-def _copy_tokenizer_files(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
+def has_vocab_files(folder: str) -> bool:
+    """Whether ``folder`` holds a vocabulary (one of ``VOCAB_FILES``)."""
+    return any(os.path.isfile(os.path.join(folder, n)) for n in VOCAB_FILES)
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy whatever tokenizer files ``src`` holds into ``dst`` (so a model directory carries its vocabulary)."""
+    if not src or not os.path.isdir(src):
+        return
+    os.makedirs(dst, exist_ok=True)
     for name in TOKENIZER_FILES:
-        s = src / name
-        if s.is_file() and s.resolve() != (dst / name).resolve():
-            shutil.copyfile(s, dst / name)
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isfile(s) and os.path.realpath(s) != os.path.realpath(d):
+            shutil.copyfile(s, d)
 
 
 def _write_roberta_tokenizer_config(out: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 import drhard.adore_trainer as at
+import drhard.star_trainer as st
 import drhard.cli
 from drhard.adore_trainer import AdoreConfig, AdoreTrainer
 from drhard.dataset import pad_batch
@@ -441,6 +442,20 @@ def test_auto_resume_falls_back_to_the_newest_checkpoint_that_verifies(data, fin
                for r in caplog.records), caplog.text[-2000:]
     assert any("resuming from" in r.message and "epoch-1" in r.message for r in caplog.records)
     same_weights(finished / "epoch-2", save / "epoch-2")
+
+
+@pytest.mark.parametrize("word", ["auto", "last", "True", "true"])
+def test_adore_and_star_share_the_words_for_auto_resume(data, finished, tmp_path, word):
+    """One checkpoint resolver for both trainers: every word star/train.py takes for "the newest checkpoint
+    that verifies" means that for adore/train.py too."""
+    from drhard.checkpoint import RESUME_AUTO
+    assert word in RESUME_AUTO
+    save = tmp_path / "out"
+    shutil.copytree(finished, save)
+    cfg = config(data, save, num_train_epochs=2, save_steps=4, logging_steps=100, resume_from_checkpoint=word)
+    newest = max(at.checkpoint_candidates(str(save)))[1]
+    assert at.prepare_output_dir(cfg) == newest
+    assert st.resolve_resume(str(tmp_path / "none"), word) is None  # star: an empty folder starts from scratch
 
 
 def test_auto_resume_with_no_checkpoint_that_verifies_is_an_error(data, finished, tmp_path, capsys):

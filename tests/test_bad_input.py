@@ -309,9 +309,9 @@ PRE_CASES = [  # (mutation of the preprocess folder, file named, line, message)
     (lambda p: open(p / "train-qrel.tsv", "a").write("1\t0\t9\t1\r\n"), "train-qrel.tsv", 49, "CRLF"),
     (lambda p: open(p / "train-qrel.tsv", "a").write("1\t0\t9\n"), "train-qrel.tsv", 49, "expected 4 columns"),
     (lambda p: open(p / "train-qrel.tsv", "a").write("1\t0\tp9\t1\n"), "train-qrel.tsv", 49, "not an integer"),
-    (lambda p: open(p / "train-qrel.tsv", "a").write("999\t0\t1\t1\n"), "train-qrel.tsv", None, "outside"),
-    (lambda p: open(p / "train-qrel.tsv", "a").write("-1\t0\t1\t1\n"), "train-qrel.tsv", None, "outside"),
-    (lambda p: open(p / "train-qrel.tsv", "a").write("1\t0\t200\t1\n"), "train-qrel.tsv", None, "outside"),
+    (lambda p: open(p / "train-qrel.tsv", "a").write("999\t0\t1\t1\n"), "train-qrel.tsv", None, "are not rows of"),
+    (lambda p: open(p / "train-qrel.tsv", "a").write("-1\t0\t1\t1\n"), "train-qrel.tsv", None, "are not rows of"),
+    (lambda p: open(p / "train-qrel.tsv", "a").write("1\t0\t200\t1\n"), "train-qrel.tsv", None, "are not rows of"),
 ]
 
 

@@ -189,7 +189,38 @@ def test_tarball_without_the_collection_fails_naming_it(server):
 def test_missing_file_fails_naming_it(server):
     (server["www"] / "deep" / "2019qrels-pass.txt").unlink()
     res = download(server, "--passage")
-    assert res.returncode != 0 and "download failed" in res.stderr and "2019qrels-pass.txt" in res.stderr
+    assert res.returncode == 1 and "download failed" in res.stderr and "2019qrels-pass.txt" in res.stderr
+    # the exit-status convention of every DRhard program: one `error:` line, the last one (curl's own
+    # diagnostic line may precede it)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and res.stderr.splitlines()[-1] == errors[0]
+
+
+def test_a_bad_argument_is_a_usage_error(server):
+    res = download(server, "--bogus")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[-1] == "error: download_data.sh: unknown argument: --bogus"
+    assert not server["data"].exists() and server["log"] == []
+
+
+def test_ctrl_c_exits_130(server):
+    import signal
+    import socket
+    import time
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers: curl waits
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    env = {**server["env"], "MSMARCO_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/msmarcoranking"}
+    proc = subprocess.Popen(["bash", SCRIPT, "--passage"], env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        silent.close()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "interrupted"
 
 
 def test_partial_download_is_resumed(server):

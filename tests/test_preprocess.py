@@ -117,7 +117,7 @@ def _all_bytes(out):
 def test_threads_give_identical_bytes(tmp_path, tok_dir, kind, monkeypatch):
     monkeypatch.setattr(pp, "BLOCK_BYTES", 700)      # many blocks, several in flight
     monkeypatch.setattr(pp, "QUERY_BLOCK", 5)
-    monkeypatch.setattr(pp, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pp, "usable_cpus", lambda: 2)
     data = make_toy_msmarco(tmp_path / "data", kind, n_passages=200, seed=5)
     _run(data, tmp_path / "one", kind, tok_dir, threads=1, max_seq_length=40)
     man = _run(data, tmp_path / "two", kind, tok_dir, threads=64, max_seq_length=40)
@@ -305,7 +305,7 @@ def _add_columns(path, line_numbers, tail):
 @pytest.mark.parametrize("kind", ["passage", "doc"])
 def test_extra_columns_are_read_like_the_original_and_counted(tmp_path, tok_dir, kind, monkeypatch):
     monkeypatch.setattr(pp, "BLOCK_BYTES", 600)  # the lines fall in many blocks, counted in worker processes
-    monkeypatch.setattr(pp, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pp, "usable_cpus", lambda: 2)
     data = make_toy_msmarco(tmp_path / "data", kind, n_passages=120, seed=4)
     clean = tmp_path / "clean"
     _run(data, clean, kind, tok_dir, threads=2, max_seq_length=40)

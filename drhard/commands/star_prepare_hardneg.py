@@ -33,13 +33,14 @@ import sys
 from typing import Optional, Sequence
 
 from ..cli import int_at_least, run, setup_logging
+from ..dataset import check_qrels_offsets
 from ..device import resolve_device
 from ..finite import check_model_finite
 from ..index import visible_faiss_gpus
 from ..io import HARD_JSON, PASSAGES, hard_json_path, qrel_name, qrel_path, query_name, read_offset_qrels
 from ..lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from ..model import RobertaDot
-from ..retrieval import (check_not_preprocess_dir, check_qrels_offsets, dense_retrieval, dense_retrieval_outputs,
+from ..retrieval import (check_not_preprocess_dir, dense_retrieval, dense_retrieval_outputs,
                          evaluate_offsets, hard_negatives, open_token_cache, passage_count, prepare_output_dir,
                          read_eval_qrels, total_batch_size, write_hard_json)
 from .flags import (add_data_type_dirs, add_encoding_flags, add_mode, add_search_flags, add_tokenizer_mismatch_flag,

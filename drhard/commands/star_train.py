@@ -29,13 +29,14 @@ from typing import Optional, Sequence
 
 from transformers import HfArgumentParser, TrainerState, set_seed
 
+from ..checkpoint import RESUME_AUTO
 from ..cli import run, setup_logging
 from ..dataset import TrainCollator, TrainQueryDataset
 from ..errors import DataError
 from ..io import PASSAGES, qrel_name, query_name
 from ..lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from ..model import RobertaDot
-from ..star_trainer import (RESUME_AUTO, DataTrainingArguments, DenseTrainer, EpochToDataset, ModelArguments,
+from ..star_trainer import (DataTrainingArguments, DenseTrainer, EpochToDataset, ModelArguments,
                             SaveEveryEpoch, StarTrainingArguments, StopAtStep, TensorBoardScalars, resolve_resume,
                             tensorboard_dirs)
 
