@@ -239,8 +239,8 @@ class TrainCollator:
     """Batches of items -> padded tensors and relevance masks.
 
     ``rel_pair_mask`` (B, B): 0 where in-batch document j is relevant to query i
-    (the diagonal included); ``hard_pair_mask`` (B, B*hard_num): 0 where the
-    negative is relevant to the query.  The first ``pad_first`` batches of the
+    (the diagonal included); ``neg_pair_mask`` (B, B*hard_num): 0 where the
+    negative is relevant to the query (the masks of ``drhard.losses``).  The first ``pad_first`` batches of the
     run are padded to the full max length (to hit out-of-memory early), later
     ones to the batch's longest row; ``pad_to_max`` pads every batch to the max.
 

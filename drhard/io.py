@@ -270,16 +270,19 @@ def meta_path(prefix: str) -> str:
     return token_cache_names(prefix)[2]
 
 
-def write_meta(prefix: str, total_number: int, embedding_size: int, dtype: str = "int32") -> None:
-    """``<prefix>_meta`` exactly as the original writes it (json.dump, default separators)."""
-    meta = {"type": dtype, "total_number": int(total_number), "embedding_size": int(embedding_size)}
+def write_meta(prefix: str, total_number: int, width: int, dtype: str = "int32") -> None:
+    """``<prefix>_meta`` exactly as the original writes it (json.dump, default separators): the row count and
+    the row width, which the original's key calls ``embedding_size`` (it is a number of tokens)."""
+    meta = {"type": dtype, "total_number": int(total_number), "embedding_size": int(width)}
     with atomic_write(meta_path(prefix)) as f:
         json.dump(meta, f)
 
 
 def read_meta(prefix: str) -> dict:
-    """``<prefix>_meta`` as a dict; refuses a folder that an interrupted preprocess commit left mixed
-    and a meta that is not the one ``preprocess_manifest.json`` records (see ``check_preprocess_set``)."""
+    """``<prefix>_meta`` as a dict, plus ``width``: the tokens per row, stored under the original's key
+    ``embedding_size`` (kept on disk; the library says ``width``).  Refuses a folder that an interrupted
+    preprocess commit left mixed and a meta that is not the one ``preprocess_manifest.json`` records
+    (see ``check_preprocess_set``)."""
     path = meta_path(prefix)
     check_no_interrupted_commit(os.path.dirname(path) or ".")
     if not os.path.exists(path):
@@ -288,7 +291,7 @@ def read_meta(prefix: str) -> dict:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
         meta["total_number"] = int(meta["total_number"])
-        meta["embedding_size"] = int(meta["embedding_size"])
+        meta["width"] = meta["embedding_size"] = int(meta["embedding_size"])
         np.dtype(meta["type"])
     except (ValueError, KeyError, TypeError) as e:
         raise data_error(path, None, f"not a DRhard meta file ({e})") from None
@@ -298,7 +301,7 @@ def read_meta(prefix: str) -> dict:
 
 def check_token_cache(prefix: str) -> Tuple[dict, int]:
     meta = read_meta(prefix)
-    n, width = meta["total_number"], meta["embedding_size"]
+    n, width = meta["total_number"], meta["width"]
     itemsize = np.dtype(meta["type"]).itemsize
     data = token_memmap_path(prefix)
     if not os.path.exists(data):
@@ -326,9 +329,9 @@ class TokenCache:
     def __init__(self, prefix: str):
         meta, n = check_token_cache(prefix)
         self.prefix = prefix
-        self.ids = np.memmap(token_memmap_path(prefix), dtype=meta["type"], mode="r", shape=(n, meta["embedding_size"]))
-        self.lengths = _load_lengths(length_path(prefix), n, meta["embedding_size"])
-        self.width = meta["embedding_size"]
+        self.width = meta["width"]
+        self.ids = np.memmap(token_memmap_path(prefix), dtype=meta["type"], mode="r", shape=(n, self.width))
+        self.lengths = _load_lengths(length_path(prefix), n, self.width)
 
     def __len__(self) -> int:
         return self.ids.shape[0]

@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOSS_SCOPES",
-    "pair_loss_terms", "inbatch_loss_terms", "hard_loss_terms",
+    "pair_loss_terms", "inbatch_loss_terms", "neg_loss_terms",
     "inbatch_loss", "star_loss", "randneg_loss",
     "relevant_offsets", "offset_pair_mask", "global_pair_terms",
     "inbatch_loss_global", "star_loss_global", "randneg_loss_global", "training_loss",
@@ -125,17 +125,17 @@ def inbatch_loss_terms(q_emb: torch.Tensor, d_emb: torch.Tensor,
     return loss_sum, count, pos
 
 
-def hard_loss_terms(q_emb: torch.Tensor, pos_scores: torch.Tensor, other_emb: torch.Tensor,
-                    other_pair_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Each query's positive against *every* extra document of the batch (hard or random).
+def neg_loss_terms(q_emb: torch.Tensor, pos_scores: torch.Tensor, neg_emb: torch.Tensor,
+                   neg_pair_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each query's positive against *every* negative of the batch (static hard negatives or random ones).
 
-    ``other_emb`` (H, D) holds all queries' extra documents (H = B * per-query
-    number); ``other_pair_mask`` (B, H) is 0 where the document is relevant to
-    the query.  Returns ``(sum, count)``.
+    ``neg_emb`` (H, D) holds all queries' negatives (H = B * hard_num);
+    ``neg_pair_mask`` (B, H) is 0 where the negative is relevant to the query
+    (the collator's ``neg_pair_mask``).  Returns ``(sum, count)``.
     """
     with _no_autocast(q_emb):
-        scores = q_emb.float() @ other_emb.float().T  # (B, H)
-        return pair_loss_terms(pos_scores.float(), scores, other_pair_mask)
+        scores = q_emb.float() @ neg_emb.float().T  # (B, H)
+        return pair_loss_terms(pos_scores.float(), scores, neg_pair_mask)
 
 
 def inbatch_loss(q_emb: torch.Tensor, d_emb: torch.Tensor,
@@ -149,31 +149,31 @@ def inbatch_loss(q_emb: torch.Tensor, d_emb: torch.Tensor,
     return _mean_of_kept(loss_sum, count)
 
 
-def star_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, hard_emb: torch.Tensor,
+def star_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, neg_emb: torch.Tensor,
               rel_pair_mask: Optional[torch.Tensor] = None,
-              hard_pair_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              neg_pair_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """STAR loss (Eq. 7: static hard negatives + in-batch random negatives).
 
     In-batch pairs as :func:`inbatch_loss` plus each positive against every
-    hard document of the batch, hard_emb (H, D), masked by hard_pair_mask
+    hard negative of the batch, neg_emb (H, D), masked by neg_pair_mask
     (B, H) (None keeps all).  Loss = (sum of all kept pair losses) / (number of
     kept pairs) over both groups together.
     """
     s1, n1, pos = inbatch_loss_terms(q_emb, d_emb, rel_pair_mask)
-    s2, n2 = hard_loss_terms(q_emb, pos, hard_emb, hard_pair_mask)
+    s2, n2 = neg_loss_terms(q_emb, pos, neg_emb, neg_pair_mask)
     return _mean_of_kept(s1 + s2, n1 + n2)
 
 
-def randneg_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, rand_emb: torch.Tensor,
-                 rand_pair_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def randneg_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, neg_emb: torch.Tensor,
+                 neg_pair_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rand-Neg loss (Eq. 2 with uniformly sampled negatives): random pairs only, no in-batch pairs.
 
-    rand_emb (R, D) are all random documents of the batch; rand_pair_mask
-    (B, R) is 0 where a random document happens to be relevant (None keeps all).
+    neg_emb (R, D) are all random negatives of the batch; neg_pair_mask
+    (B, R) is 0 where a random negative happens to be relevant (None keeps all).
     """
     with _no_autocast(q_emb):
         pos = (q_emb.float() * d_emb.float()).sum(-1)  # (B,)
-    loss_sum, count = hard_loss_terms(q_emb, pos, rand_emb, rand_pair_mask)
+    loss_sum, count = neg_loss_terms(q_emb, pos, neg_emb, neg_pair_mask)
     return _mean_of_kept(loss_sum, count)
 
 
@@ -273,33 +273,33 @@ def inbatch_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, rel_offsets: O
     return _rank_share(s, n)
 
 
-def star_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, hard_emb: torch.Tensor,
+def star_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, neg_emb: torch.Tensor,
                      rel_offsets: Optional[torch.Tensor] = None, pos_offsets: Optional[torch.Tensor] = None,
-                     hard_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     neg_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
     """STAR across devices: own queries against every rank's positives and hard negatives (one mean).
 
-    As :func:`inbatch_loss_global` plus hard_emb (h, D) this rank's hard
-    negatives with hard_offsets (h,) their passage offsets; a hard negative is
+    As :func:`inbatch_loss_global` plus neg_emb (h, D) this rank's hard
+    negatives with neg_offsets (h,) their passage offsets; a negative is
     dropped for a query it is relevant to (``rel_offsets=None`` keeps all, as
-    ``hard_pair_mask=None`` does).  Returns ``W * S_r / C`` over both groups
+    ``neg_pair_mask=None`` does).  Returns ``W * S_r / C`` over both groups
     together; single process: :func:`star_loss`.
     """
     pos = _positive_scores(q_emb, d_emb)  # (b,)
     s1, n1 = global_pair_terms(q_emb, pos, d_emb, rel_offsets, pos_offsets, exclude_own=True)
-    s2, n2 = global_pair_terms(q_emb, pos, hard_emb, rel_offsets, hard_offsets)
+    s2, n2 = global_pair_terms(q_emb, pos, neg_emb, rel_offsets, neg_offsets)
     return _rank_share(s1 + s2, n1 + n2)
 
 
-def randneg_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, rand_emb: torch.Tensor,
+def randneg_loss_global(q_emb: torch.Tensor, d_emb: torch.Tensor, neg_emb: torch.Tensor,
                         rel_offsets: Optional[torch.Tensor] = None,
-                        rand_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Rand-Neg across devices: own queries' positives against the random documents of every rank.
+                        neg_offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rand-Neg across devices: own queries' positives against the random negatives of every rank.
 
-    rand_emb (h, D) and rand_offsets (h,) this rank's random documents; no
+    neg_emb (h, D) and neg_offsets (h,) this rank's random negatives; no
     in-batch pairs.  Returns ``W * S_r / C``; single process: :func:`randneg_loss`.
     """
     pos = _positive_scores(q_emb, d_emb)  # (b,)
-    s, n = global_pair_terms(q_emb, pos, rand_emb, rel_offsets, rand_offsets)
+    s, n = global_pair_terms(q_emb, pos, neg_emb, rel_offsets, neg_offsets)
     return _rank_share(s, n)
 
 

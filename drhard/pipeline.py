@@ -272,7 +272,7 @@ class QuickstartPlan(Plan):
     data_dir: str
     init: str
     data_type: str = "passage"
-    max_seq_length: int = 128
+    max_doc_length: int = 128  # passage/doc tokens: preprocess width and training/inference cut
     max_query_length: int = 32
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -297,7 +297,7 @@ class QuickstartPlan(Plan):
         return [Stage("preprocess", "preprocess",
                       ["--data_type", 0 if self.data_type == "doc" else 1, "--data_dir", self.data_dir,
                        "--out_data_dir", self.path("preprocess"), "--model_name_or_path", self.init,
-                       "--max_seq_length", self.max_seq_length, "--max_query_length", self.max_query_length,
+                       "--max_seq_length", self.max_doc_length, "--max_query_length", self.max_query_length,
                        "--threads", self.threads])]
 
     def untrained(self) -> List[Stage]:
@@ -318,7 +318,7 @@ class QuickstartPlan(Plan):
         else:
             init, epochs = self.init, self.epochs["warmup"]
             negatives = ["--negative_type", row.name] + (["--hard_num", 2] if row.name == "random" else [])
-        args = _star_train_args(self.max_query_length, self.max_seq_length, self.path("preprocess"), [], init,
+        args = _star_train_args(self.max_query_length, self.max_doc_length, self.path("preprocess"), [], init,
                                 self.model_dir(row), self.path("tensorboard", row.name),
                                 "--overwrite_output_dir", "--optimizer_str", self.optimizer, "--learning_rate",
                                 self.learning_rate, "--per_device_train_batch_size", self.batch_size,
@@ -329,7 +329,7 @@ class QuickstartPlan(Plan):
     def prepare_hardneg(self) -> List[Stage]:
         return [Stage("prepare_hardneg", "star_prepare_hardneg",
                       ["--data_type", self.data_type, "--mode", "train", "--topk", 100,
-                       "--max_query_length", self.max_query_length, "--max_doc_length", self.max_seq_length,
+                       "--max_query_length", self.max_query_length, "--max_doc_length", self.max_doc_length,
                        "--model_path", self.model_dir(WARMUP), "--preprocess_dir", self.path("preprocess"),
                        "--output_dir", self.path("warmup_retrieve")])]
 
@@ -345,7 +345,7 @@ class QuickstartPlan(Plan):
             else:
                 args = ["--data_type", self.data_type, "--mode", mode, "--model_path", self.model_dir(row),
                         "--preprocess_dir", self.path("preprocess"), "--output_dir", self.path("evaluate", row.name),
-                        "--max_query_length", self.max_query_length, "--max_doc_length", self.max_seq_length,
+                        "--max_query_length", self.max_query_length, "--max_doc_length", self.max_doc_length,
                         "--topk", 100]
                 stages.append(Stage(f"inference_{row.name}_{mode}", "star_inference", args))
         return stages

@@ -378,7 +378,7 @@ def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str,
     prefix = dio.token_prefix(out_dir, dio.PASSAGES)
     try:
         _meta, n = dio.check_token_cache(prefix)  # sizes agree; files match the manifest's records
-        if _meta["embedding_size"] != args.max_seq_length:
+        if _meta["width"] != args.passage_width:
             return None
         if len(np.load(dio.length_path(prefix), mmap_mode="r")) != n:
             return None
@@ -397,7 +397,7 @@ def _passages_reusable(out_dir: str, args: PreprocessArgs, fingerprint: str,
         with open(man_path, encoding="utf-8") as f:
             old = json.load(f)
         same = (old["tokenizer"]["fingerprint"] == fingerprint and old["data_type"] == args.data_type
-                and old["flags"]["max_seq_length"] == args.max_seq_length
+                and old["flags"]["max_seq_length"] == args.passage_width  # the manifest records the flags
                 and old["flags"]["max_doc_character"] == args.max_doc_character
                 and old["input_sha256"][collection] == collection_sha256
                 and isinstance(old["files"], dict) and all(n in old["files"] for n in PASSAGE_FILES))
@@ -431,11 +431,11 @@ def count_lines(path: str) -> int:
     return scan_file(path)[0]
 
 
-def output_bytes(n_passages: int, query_rows: Sequence[int], max_seq_length: int, max_query_length: int) -> int:
+def output_bytes(n_passages: int, query_rows: Sequence[int], passage_width: int, query_width: int) -> int:
     """Bytes preprocess writes for ``n_passages`` collection rows (0 when reused) and the query sets:
     int32 memmap rows and lengths, plus 16 B per id-map entry (the pickles take about 10)."""
-    per_passage = 4 * max_seq_length + 4 + 16
-    per_query = 4 * max_query_length + 4 + 16 + 16  # + its qrels line
+    per_passage = 4 * passage_width + 4 + 16
+    per_query = 4 * query_width + 4 + 16 + 16  # + its qrels line
     return int(n_passages) * per_passage + int(sum(query_rows)) * per_query
 
 
@@ -478,7 +478,7 @@ def preprocess(args: PreprocessArgs) -> dict:
         reuse = None if args.overwrite else _passages_reusable(out_dir, args, fingerprint,
                                                                input_sha256[files["collection"]])
         dio.check_free_space(stage, output_bytes(0 if reuse else n_lines, [len(qs.qids) for qs in query_sets],
-                                                 args.max_seq_length, args.max_query_length),
+                                                 args.passage_width, args.query_width),
                              "the preprocess outputs")
         pool = _OrderedPool(workers, tok_path, compat, tokenizer)
         if reuse is None:
@@ -651,11 +651,11 @@ def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _Ord
 
     path = os.path.join(args.data_dir, INPUT_FILES[kind]["collection"])
     prefix = dio.token_prefix(stage, dio.PASSAGES)
-    writer = _RowWriter(dio.token_memmap_path(prefix), args.max_seq_length, n_lines, "the passages memmap")
+    writer = _RowWriter(dio.token_memmap_path(prefix), args.passage_width, n_lines, "the passages memmap")
     pids = array.array("q")
     extra = ExtraColumns()
     digest = hashlib.sha256()
-    tasks = ((kind, path, lineno, blob, args.max_seq_length, args.max_doc_character)
+    tasks = ((kind, path, lineno, blob, args.passage_width, args.max_doc_character)
              for lineno, blob in _line_blocks(path, BLOCK_BYTES, digest))
     changed = f"changed while preprocess.py read it ({n_lines} lines when counted, %s): rerun when it is complete"
     try:
@@ -684,7 +684,7 @@ def _tokenize_collection(kind: str, args: PreprocessArgs, stage: str, pool: _Ord
         k = int(np.argmin(second))
         first_line = int(order[dup[k]]) + 1
         raise data_error(path, int(second[k]) + 1, f"duplicate id {int(ids[second[k]])} (first on line {first_line})")
-    _save_token_cache(prefix, lengths, args.max_seq_length)
+    _save_token_cache(prefix, lengths, args.passage_width)
     pid2offset = dict(zip(ids.tolist(), range(len(ids))))
     _save_pickle(dio.pid2offset_path(stage), pid2offset)
     logger.info("%d passages tokenized", len(ids))
@@ -706,9 +706,9 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
     texts = [qs.texts[i] for i in keep]
 
     prefix = dio.token_prefix(stage, dio.query_name(qs.mode))
-    writer = _RowWriter(dio.token_memmap_path(prefix), args.max_query_length, len(texts),
+    writer = _RowWriter(dio.token_memmap_path(prefix), args.query_width, len(texts),
                         f"the {dio.query_name(qs.mode)} memmap")
-    tasks = ((texts[s:s + QUERY_BLOCK], args.max_query_length) for s in range(0, len(texts), QUERY_BLOCK))
+    tasks = ((texts[s:s + QUERY_BLOCK], args.query_width) for s in range(0, len(texts), QUERY_BLOCK))
     try:
         for flat, lengths in pool.map(_query_block, tasks):
             writer.add(flat, lengths)
@@ -716,7 +716,7 @@ def _write_query_set(kind: str, qs: _QuerySet, pid2offset: Dict[int, int], args:
         writer.abort()
         raise
     lengths = writer.close()
-    _save_token_cache(prefix, lengths, args.max_query_length)
+    _save_token_cache(prefix, lengths, args.query_width)
     _save_pickle(dio.qid2offset_path(stage, qs.mode), qid2offset)
     if qs.qrels_path is None:
         return len(keep), None

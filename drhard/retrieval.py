@@ -77,8 +77,8 @@ def open_token_cache(preprocess_dir: str, name: str) -> TokenCache:
     if meta["total_number"] < 1:
         raise data_error(token_memmap_path(prefix), None,
                          f"holds no rows (the {name} set is empty: its input file had no lines): nothing to encode")
-    if meta["embedding_size"] < 1:
-        raise data_error(meta_path(prefix), None, f"row width {meta['embedding_size']} is not positive")
+    if meta["width"] < 1:
+        raise data_error(meta_path(prefix), None, f"row width {meta['width']} is not positive")
     return TokenCache(prefix)
 
 

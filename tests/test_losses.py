@@ -150,7 +150,7 @@ def test_star_is_one_mean_over_both_groups_not_a_mean_of_means():
     g = torch.Generator().manual_seed(1)
     q, d, hard = rand_emb(g, 3, 4), rand_emb(g, 3, 4), rand_emb(g, 6, 4)
     s1, n1, pos = losses.inbatch_loss_terms(q, d, None)
-    s2, n2 = losses.hard_loss_terms(q, pos, hard, None)
+    s2, n2 = losses.neg_loss_terms(q, pos, hard, None)
     star = losses.star_loss(q, d, hard, None, None)
     torch.testing.assert_close(star, (s1 + s2) / (n1 + n2))
     assert not torch.isclose(star, (s1 / n1 + s2 / n2) / 2)

@@ -73,8 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
     qembed = qembed_path(args.output_dir, args.mode)
     prepare_output_dir(args.output_dir)
-    check_embedding_space(model, args.output_dir, [(qembed, queries, args.max_seq_length)])
-    q_emb = embed_queries(model, args.preprocess_dir, args.mode, args.max_seq_length, batch_size, device, qembed,
+    max_query_length = args.max_seq_length  # the original's flag name for the query length
+    check_embedding_space(model, args.output_dir, [(qembed, queries, max_query_length)])
+    q_emb = embed_queries(model, args.preprocess_dir, args.mode, max_query_length, batch_size, device, qembed,
                           fp16=args.fp16, bf16=args.bf16)
     _, poffsets = retrieve(p_emb, q_emb, args.topk, gpus=args.faiss_gpus)
     out = rank_path(args.output_dir, args.mode)

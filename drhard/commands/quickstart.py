@@ -121,7 +121,7 @@ def make_plan(args, work: str, data_dir: str, init: str) -> QuickstartPlan:
     pretrained = args.init_path is not None
     return QuickstartPlan(
         work=work, data_dir=data_dir, init=init, data_type=args.data_type,
-        max_seq_length=args.max_seq_length or (256 if args.data_type == "doc" else 128),
+        max_doc_length=args.max_seq_length or (256 if args.data_type == "doc" else 128),
         max_query_length=args.max_query_length, batch_size=args.batch_size,
         learning_rate=args.learning_rate or (2e-5 if pretrained else 1e-3),
         adore_learning_rate=args.adore_learning_rate or (1e-5 if pretrained else 5e-4),
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     k = 100 if plan.data_type == "doc" else 10
     table = format_table(results, k)
     info = {"data_dir": plan.data_dir, "init_path": plan.init, "data_type": args.data_type, "budget": args.budget,
-            "max_seq_length": plan.max_seq_length, "max_query_length": plan.max_query_length,
+            "max_seq_length": plan.max_doc_length, "max_query_length": plan.max_query_length,
             "learning_rate": plan.learning_rate, "adore_learning_rate": plan.adore_learning_rate,
             "optimizer": plan.optimizer, "total_seconds": time.time() - t_start, "rows": results}
     with atomic_write(os.path.join(work, "results.md")) as f:
