@@ -288,9 +288,17 @@ class RobertaDot(nn.Module):
     body_emb = encode
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        """Recompute encoder activations in backward (less memory, ~1/3 more compute)."""
+        """Recompute encoder activations in backward (less memory, ~1/3 more compute).
+
+        transformers 5 calls this activation checkpointing (``gradient_checkpointing_enable`` is a
+        deprecated alias there); older versions only have the old name."""
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.backbone, "activation_checkpointing_enable"):
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
 
     # ------------------------------------------------------------------ saving
     def state_dict_for_save(self) -> Dict[str, torch.Tensor]:

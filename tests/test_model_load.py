@@ -228,3 +228,17 @@ def test_inference_scripts_run_on_original_checkpoints(tiny, tmp_path, capsys, v
                                                  "--dmemmap_path", str(out / "passages.memmap"), "--topk", "5"])
     assert rc == 0, capsys.readouterr().err[-2000:]
     assert os.path.getsize(ad / "train.qembed.memmap") == 48 * HIDDEN * 4
+
+
+def test_checkpointing_uses_the_current_transformers_api_and_is_on():
+    """--gradient_checkpointing turns on the backbone's activation checkpointing without the FutureWarning that
+    transformers 5's deprecated alias (``gradient_checkpointing_enable``) raises."""
+    import warnings
+    from drhard.model import build_tiny_roberta
+    model = build_tiny_roberta(vocab_size=VOCAB, hidden=HIDDEN, layers=1, heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model.gradient_checkpointing_enable()
+    backbone = model.backbone
+    on = getattr(backbone, "is_activation_checkpointing", None)
+    assert on if on is not None else backbone.is_gradient_checkpointing
