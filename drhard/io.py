@@ -409,8 +409,10 @@ def load_offset_map(path: str) -> Dict[int, int]:
     """Load ``pid2offset.pickle`` / ``<mode>-qid2offset.pickle`` (dict of int -> int).
 
     The original format is a pickle; we read it with an unpickler that refuses
-    every global, so a crafted file cannot run code.
+    every global, so a crafted file cannot run code.  A map of a preprocess folder goes
+    through ``check_preprocess_set`` first, as every reader of that folder does.
     """
+    _check_in_set(path)
     if not os.path.exists(path):
         raise data_error(path, None, "missing (run preprocess.py first)")
     try:
@@ -494,7 +496,9 @@ def read_offset_qrels(path: str, min_rel: int = 1) -> "OrderedDict[int, List[int
 
     Pairs with ``rel < min_rel`` are not relevant (graded test qrels keep 0s).
     Every query of the file is a key, even when none of its lines is relevant.
+    The qrels of a preprocess folder go through ``check_preprocess_set`` first.
     """
+    _check_in_set(path)
     rels: "OrderedDict[int, List[int]]" = OrderedDict()
     for lineno, cols in iter_fields(path):
         if len(cols) != 4:
@@ -698,6 +702,13 @@ def read_set_records(folder: str) -> Optional[Dict[str, dict]]:
     if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
         raise data_error(path, None, "'files' is not a table of file records: rerun preprocess.py")
     return files
+
+
+def _check_in_set(path: str) -> None:
+    """``check_preprocess_set`` for the one file ``path`` (a folder without a preprocess manifest or marker,
+    such as a dataset folder, passes at the cost of two stats)."""
+    folder, name = os.path.split(path)
+    check_preprocess_set(folder or ".", [name])
 
 
 def check_preprocess_set(folder: str, names: Sequence[str]) -> None:

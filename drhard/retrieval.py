@@ -31,9 +31,9 @@ from .cli import naming_output
 from .encode import embeddings_complete, embedding_size, encode_to_memmap, model_fingerprint, tokens_fingerprint
 from .errors import DataError, data_error
 from .finite import check_finite_rows
-from .io import (PASSAGES, TokenCache, atomic_write, check_free_space, meta_path, passage_embedding_path,
-                 passage_id_path, query_embedding_path, query_id_path, query_name, rank_path, read_meta,
-                 remove_stale_tmp, save_array_memmap, token_memmap_path, token_prefix, write_rank)
+from .io import (PASSAGES, TokenCache, atomic_write, check_free_space, check_no_interrupted_commit, meta_path,
+                 passage_embedding_path, passage_id_path, query_embedding_path, query_id_path, query_name, rank_path,
+                 read_meta, remove_stale_tmp, save_array_memmap, token_memmap_path, token_prefix, write_rank)
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,15 @@ def total_batch_size(per_device: int, device: torch.device) -> int:
 
 
 def passage_count(preprocess_dir: str) -> Optional[int]:
-    """Rows of the preprocess ``passages`` memmap, from its meta; None when there is none."""
-    try:
-        return read_meta(token_prefix(preprocess_dir, PASSAGES))["total_number"]
-    except DataError:
+    """Rows of the preprocess ``passages`` memmap, from its meta; None when the folder has no passages meta.
+
+    Any other problem (an interrupted preprocess commit, a meta that is not JSON or not the one the
+    manifest records) is the ``DataError`` of ``read_meta``."""
+    prefix = token_prefix(preprocess_dir, PASSAGES)
+    check_no_interrupted_commit(preprocess_dir)
+    if not os.path.exists(meta_path(prefix)):
         return None
+    return read_meta(prefix)["total_number"]
 
 
 # --------------------------------------------------------------------------- checks before the long work

@@ -184,3 +184,52 @@ def test_collection_changed_during_the_run_is_an_error(tmp_path, tok_dir, monkey
     with pytest.raises(DataError, match="changed while preprocess.py read it"):
         _run(data, out, tok_dir)
     assert os.listdir(out) == []
+
+
+def test_id_map_and_qrels_readers_refuse_a_half_committed_or_mixed_folder(two_runs, tmp_path, capsys):
+    """cvt_back.py and BM25 read only id maps and qrels: they go through the same set check as the token
+    caches, so a folder TokenCache refuses is refused by them too."""
+    from drhard.bm25 import mine_bm25_negatives
+    from drhard.cli import run
+    from drhard.commands import cvt_back
+    root, data_a, _ = two_runs
+    a, b = _copy_a(two_runs, tmp_path)
+    inp = tmp_path / "run"
+    dio.write_rank(dio.rank_path(str(inp), "train"), [0, 1], [[0, 1], [2, 3]])
+    argv = ["--input_dir", str(inp), "--preprocess_dir", str(a), "--mode", "train", "--dataset", "passage"]
+    assert run(cvt_back.main, argv + ["--output_dir", str(tmp_path / "ok")]) == 0  # the consistent folder
+    shutil.copy(b / "train-qid2offset.pickle", a / "train-qid2offset.pickle")  # a map of another run
+    with pytest.raises(DataError, match="preprocess.py runs are mixed"):
+        dio.load_offset_map(dio.qid2offset_path(str(a), "train"))
+    capsys.readouterr()
+    assert run(cvt_back.main, argv + ["--output_dir", str(tmp_path / "mixed")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {a / 'train-qid2offset.pickle'}: " + err[0].split(": ", 2)[2]] and "mixed" in err[0]
+    assert not (tmp_path / "mixed").exists()
+
+    shutil.copy(root / "out_a" / "train-qid2offset.pickle", a / "train-qid2offset.pickle")
+    (a / dio.COMMIT_MARKER).write_text("{}")  # a commit killed between two renames
+    interrupted = "interrupted preprocess.py commit left a mixed set"
+    for read in (lambda: dio.load_offset_map(dio.pid2offset_path(str(a))),
+                 lambda: dio.read_offset_qrels(dio.qrel_path(str(a), "train")),
+                 lambda: mine_bm25_negatives(str(data_a), "passage", str(a), str(tmp_path / "bm25"), topk=5)):
+        with pytest.raises(DataError, match=interrupted):
+            read()
+    assert run(cvt_back.main, argv + ["--output_dir", str(tmp_path / "half")]) == 1
+    assert interrupted in capsys.readouterr().err and not (tmp_path / "half").exists()
+    assert not (tmp_path / "bm25").exists()
+
+
+def test_passage_count_is_none_only_when_there_is_no_passages_meta(two_runs, tmp_path):
+    from drhard.retrieval import passage_count
+    a, _ = _copy_a(two_runs, tmp_path)
+    assert passage_count(str(a)) == 80
+    (a / dio.COMMIT_MARKER).write_text("{}")
+    with pytest.raises(DataError, match="interrupted preprocess.py commit"):
+        passage_count(str(a))  # not "no meta": a half-committed folder
+    os.remove(a / dio.COMMIT_MARKER)
+    (a / "passages_meta").write_text("not json")
+    with pytest.raises(DataError, match="passages_meta"):
+        passage_count(str(a))
+    os.remove(a / "passages_meta")
+    assert passage_count(str(a)) is None
