@@ -19,8 +19,9 @@ Reliability rules:
   chunk while they are added to the index (faiss silently returns id -1 for a
   NaN query or passage, and the loss of an empty candidate list is a clean
   0.0).  A step whose query embeddings, loss or gradient norm is not finite is
-  skipped (no change to the weights, the optimizer or the schedule; logged
-  and counted in tensorboard as ``train/nonfinite_steps``); after
+  skipped (no change to the weights or the optimizer state; it still counts,
+  so the learning-rate schedule moves on, as STAR's does; logged and counted
+  in tensorboard as ``train/nonfinite_steps``); after
   ``max_nonfinite_steps`` such steps in a row training stops with
   ``NonFiniteError``.  The weights are checked before every save, so no
   checkpoint ever holds NaN.
@@ -45,6 +46,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -457,6 +459,8 @@ class AdoreTrainer:
                 problem = self._grad_problem()
             if not self._skip_nonfinite(problem, self.global_step + 1):
                 self.optimizer.step()
+            with warnings.catch_warnings():  # a first step that was skipped: the schedule moves on all the same
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             problem = None
