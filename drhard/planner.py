@@ -164,6 +164,7 @@ GPU_PROFILES = {p.name: p for p in (
     GpuProfile("H200", 141 * GB, 989e12, 67e12, 4800e9),
 )}
 DEFAULT_GPU_TYPE = "A100"
+CORES_PER_GPU = 8  # CPU cores assumed per GPU when a GPU server is planned without --cores
 
 # CPU and I/O defaults when nothing was measured.  Per-core figures measured on a 2-core development machine
 # (torch 2.x: roberta-base forward ~200 GFLOP/s and forward+backward ~170 GFLOP/s on 2 threads, faiss flat
@@ -184,9 +185,17 @@ IO_DEFAULTS = {
     "disk_write": 1.0e9,
     "disk_read": 1.5e9,
     "disk_iops": 100e3,
-    "json_entries_per_s": 5e6,
+    "json_entries_per_s": 8e6,
     "pcie": 20e9,
     "interconnect": 100e9,
+}
+IO_DEFAULT_SOURCES = {
+    "disk_write": "default (assumed NVMe SSD)",
+    "disk_read": "default (assumed NVMe SSD)",
+    "disk_iops": "default (assumed NVMe SSD, 4 KB random reads)",
+    "json_entries_per_s": "default (measured on the 2-core dev machine, CPython json)",
+    "pcie": "default (assumed PCIe 4.0 x16, host to GPU)",
+    "interconnect": "default (assumed NVLink-class GPU-to-GPU all-reduce)",
 }
 MAX_HOST_BANDWIDTH = 200e9
 
@@ -759,7 +768,6 @@ def measure_search(rows: int, dim: int = 768, queries: int = 512, small: int = 3
         result["search_small_flops"] = 2.0 * small * rows * dim / _median_time(
             lambda: index.search(q[:small], k), repeats)
         result["search_threads"] = faiss.omp_get_max_threads()
-        del index
     except ImportError:
         pass
     run = lambda: exact_search.search_memmap(x, q, k, progress=False, check_finite=False)  # noqa: E731
@@ -882,7 +890,7 @@ def calibrate(device="cpu", quick: bool = True, shape: ModelShape = ROBERTA_BASE
     del model
     if "search" in parts:
         rows = 65536 if quick else 262144
-        found = measure_search(rows, 768, queries=512 if quick else 2048, repeats=repeats)
+        found = measure_search(rows, 768, queries=1024 if quick else 4096, repeats=repeats)
         cal.search_flops = found.get("search_flops")
         cal.search_small_flops = found.get("search_small_flops")
         cal.stream_flops = found.get("stream_flops")
@@ -994,10 +1002,10 @@ def resolve_rates(machine: Machine, calibration: Optional[Calibration] = None, e
     for name in ("disk_write", "disk_read", "json_entries_per_s"):
         measured = getattr(cal, name)
         r[name] = float(measured) if measured else IO_DEFAULTS[name]
-        src[name] = "measured" if measured else "default (assumed: NVMe SSD, CPython json)"
+        src[name] = "measured" if measured else IO_DEFAULT_SOURCES[name]
     for name in ("disk_iops", "pcie", "interconnect"):
         r[name] = IO_DEFAULTS[name]
-        src[name] = "default (assumed: NVMe SSD, PCIe 4 x16, NVLink-class interconnect)"
+        src[name] = IO_DEFAULT_SOURCES[name]
     prof = machine.profile()
     gpu_measured = cal.on_gpu and cal.encode_flops and (machine.gpu_type is None or
                                                         str(cal.gpu_name).lower() == machine.gpu_type.lower())
@@ -1568,6 +1576,7 @@ class Plan:
     machine: Machine
     rates: Rates
     stages: List[StagePlan]
+    assumptions: List[str] = field(default_factory=list)
 
     @property
     def chosen(self) -> List[StagePlan]:
@@ -1599,6 +1608,7 @@ class Plan:
     def to_json(self) -> dict:
         return {"machine": dataclasses.asdict(self.machine), "workload": self.workload.to_json(),
                 "rates": dataclasses.asdict(self.rates), "stages": [s.to_json() for s in self.stages],
+                "assumptions": self.assumptions,
                 "total": {"seconds": self.total_seconds, "disk_bytes": self.total_disk,
                           "peak_ram_bytes": self.peak_ram, "peak_gpu_bytes": self.peak_gpu, "fits": self.fits}}
 
@@ -1669,7 +1679,8 @@ def format_table(plan: Plan) -> str:
     gpu = (f"{m.gpus} x {m.profile().name if m.gpu_type else m.profile().name + '?'} "
            f"{format_size(m.gpu_bytes)}" if m.gpus else "no GPU")
     out = [f"machine: {gpu}, {format_size(m.ram)} RAM, {m.cores} cores"
-           + (f", {format_size(m.disk)} free disk" if m.disk is not None else ""),
+           + (f", {format_size(m.disk)} free disk" if m.disk is not None else "")
+           + (f" ({'; '.join(plan.assumptions)})" if plan.assumptions else ""),
            f"workload: {plan.workload.data_type}, {plan.workload.passages:,} passages x {plan.workload.dim} "
            f"{plan.workload.embedding_dtype}, model {plan.workload.model.describe()}", ""]
     fmt = lambda r: "  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i])  # noqa: E731
@@ -1769,8 +1780,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       else (here.gpu_memory if args.gpus is None and args.gpu_type is None else None),
                       gpu_type=args.gpu_type if args.gpu_type is not None
                       else (here.gpu_type if args.gpus is None else None),
-                      ram=args.ram if args.ram is not None else here.ram,
-                      cores=args.cores if args.cores is not None else here.cores, disk=args.disk)
+                      ram=args.ram if args.ram is not None else here.ram, cores=here.cores, disk=args.disk)
+    assumed = []
+    if args.cores is not None:
+        machine.cores = args.cores
+    elif machine.gpus > here.gpus:  # planning a GPU server this machine is not: its cores are not ours
+        machine.cores = CORES_PER_GPU * machine.gpus
+        assumed.append(f"--cores not given: {CORES_PER_GPU} per GPU assumed")
+    if args.ram is None:
+        assumed.append("--ram not given: this machine's")
     overrides = {k: v for k, v in dict(passages=args.passages, dim=args.dim, mean_tokens=args.mean_tokens,
                                        doc_length=args.max_doc_length, train_queries=args.train_queries,
                                        dev_queries=args.dev_queries, encode_batch=args.eval_batch_size,
@@ -1796,6 +1814,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.save_calibration:
             calibration.save(args.save_calibration)
     plan = plan_pipeline(workload, machine, calibration)
+    plan.assumptions = assumed
     if args.json:
         text = json.dumps(plan.to_json(), indent=1, default=str)
         if args.json == "-":

@@ -367,3 +367,9 @@ def test_cli_missing_calibration_is_one_error_line(tmp_path):
                                           ("Tesla T4", "T4"), ("NVIDIA L40S", "L40S"), ("NVIDIA GeForce RTX 4080", None)])
 def test_cuda_device_names_map_to_profiles(name, profile):
     assert pl._match_profile(name) == profile
+
+
+def test_cli_gpu_server_without_cores_says_what_it_assumed(capsys):
+    assert pl.main(["--gpus", "4", "--gpu_type", "H100", "--ram", "256GB"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"{4 * pl.CORES_PER_GPU} cores" in first and "--cores not given" in first and "4 x H100 80.0 GB" in first
