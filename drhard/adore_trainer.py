@@ -16,7 +16,8 @@ resuming, and ``checksums.json`` written last (``drhard.checkpoint``).
 Reliability rules:
 
 * Non-finite numbers.  The passage embeddings are checked for NaN/inf chunk by
-  chunk while they are added to the index (faiss silently returns id -1 for a
+  chunk while they are added to the index (``retrieval.passage_index``, as in
+  the inference scripts; faiss silently returns id -1 for a
   NaN query or passage, and the loss of an empty candidate list is a clean
   0.0).  A step whose query embeddings, loss or gradient norm is not finite is
   skipped (no change to the weights or the optimizer state; it still counts,
@@ -60,9 +61,9 @@ from . import index as dindex
 from .checkpoint import find_checkpoints, resolve_resume, write_checksums
 from .cli import check_flags, finite_float, flag, float_at_least, int_at_least
 from .dataset import EpochSeededSampler, QueryDataset, pad_batch, seed_everything
-from .device import resolve_device
-from .errors import DataError, NonFiniteError
-from .finite import NonFiniteGuard, check_model_finite, first_nonfinite_row
+from .device import resolve_device, usable_cpus
+from .errors import DataError
+from .finite import NonFiniteGuard, check_model_finite
 from .io import atomic_dir, atomic_write, remove_stale_tmp
 from .losses import adore_batch_metrics, adore_loss, build_adore_lists, gather_candidate_embeddings
 from .model import RobertaDot
@@ -148,41 +149,6 @@ class _Collate:
     def __call__(self, items):
         ids, mask = pad_batch([it[1] for it in items], self.pad_id)  # (B, L)
         return [it[0] for it in items], ids, mask
-
-
-class FiniteCheckedRows:
-    """Read-only view of an (N, D) embedding matrix whose row slices are checked for NaN/inf as they are read.
-
-    Handed to ``drhard.index.build_index``, which fills the index chunk by chunk:
-    the finiteness check and the index fill are one pass over the file, and
-    the bytes checked are the bytes indexed.  A bad row raises
-    ``NonFiniteError`` naming ``what`` and the row.
-    """
-
-    def __init__(self, array: np.ndarray, what: str):
-        self.array = array
-        self.what = what
-        self.shape = array.shape
-        self.ndim = array.ndim
-        self.dtype = array.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _checked(self, chunk: np.ndarray, first_row: int) -> np.ndarray:
-        bad = first_nonfinite_row(chunk)
-        if bad is not None:
-            raise NonFiniteError(f"{self.what}: row {first_row + bad} holds NaN or infinite values")
-        return chunk
-
-    def __getitem__(self, key):
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("FiniteCheckedRows supports contiguous row slices only")
-        start, _, _ = key.indices(self.shape[0])
-        return self._checked(np.array(self.array[key], dtype=np.float32), start)  # (rows, D), in RAM
-
-    def __array__(self, dtype=None, copy=None):
-        return self._checked(np.asarray(self.array, dtype=dtype or np.float32), 0)
 
 
 # ---------------------------------------------------------------------- checkpoints and the output folder
@@ -302,7 +268,7 @@ class AdoreTrainer:
         self.model = RobertaDot.from_pretrained(resume or cfg.init_path).to(self.device)
         check_model_finite(self.model, resume or cfg.init_path)
         self.tokenizer_dir = cfg.init_path
-        from .retrieval import open_passage_embeddings, passage_count
+        from .retrieval import open_passage_embeddings, passage_count, passage_index
         n_passages = passage_count(cfg.preprocess_dir)
         if n_passages is None:
             raise DataError(f"{cfg.preprocess_dir}: no passages memmap (run preprocess.py first)")
@@ -325,10 +291,9 @@ class AdoreTrainer:
         self.global_step = 0
         if resume:
             self._load_state(resume)
-        threads = min(int(cfg.faiss_omp_num_threads), dindex.usable_cpus())
+        threads = min(int(cfg.faiss_omp_num_threads), usable_cpus())
         logger.info("frozen index: %d passages x %d dims", self.pembed.shape[0], self.pembed.shape[1])
-        self.index = dindex.build_index(FiniteCheckedRows(self.pembed, cfg.pembed_path), gpus=cfg.faiss_gpu_index,
-                                        omp_threads=threads)
+        self.index = passage_index(self.pembed, cfg.pembed_path, gpus=cfg.faiss_gpu_index, omp_threads=threads)
         self.writer = None
 
     # ------------------------------------------------------------------ state

@@ -14,7 +14,7 @@ as a gradient scaler would, and training stops with a clear error only after
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,11 +73,24 @@ def first_nonfinite_row(array: np.ndarray, chunk_rows: int = CHECK_CHUNK_ROWS) -
     return None
 
 
+def checked_chunks(array: np.ndarray, what: str, chunk_rows: int = CHECK_CHUNK_ROWS) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(first row, rows as float32)`` of ``array`` (N, D), chunk by chunk, each checked for NaN and inf as it is
+    read: the one reader that checks embeddings (``drhard.index.build_index`` fills an index from it, so the bytes
+    checked are the bytes indexed, in one pass over a memmap).  A bad row is a ``NonFiniteError`` naming ``what``
+    and the row."""
+    for start in range(0, array.shape[0], chunk_rows):
+        chunk = np.ascontiguousarray(array[start:start + chunk_rows], dtype=np.float32)  # (rows, D), in RAM
+        bad = first_nonfinite_row(chunk, chunk_rows)
+        if bad is not None:
+            raise NonFiniteError(f"{what}: row {start + bad} holds NaN or infinite values")
+        yield start, chunk
+
+
 def check_finite_rows(array: np.ndarray, what: str, chunk_rows: int = CHECK_CHUNK_ROWS) -> None:
-    """Raise ``NonFiniteError`` naming ``what`` and the first bad row when ``array`` holds NaN or inf."""
-    bad = first_nonfinite_row(array, chunk_rows)
-    if bad is not None:
-        raise NonFiniteError(f"{what}: row {bad} holds NaN or infinite values")
+    """Raise ``NonFiniteError`` naming ``what`` and the first bad row when ``array`` holds NaN or inf
+    (a whole pass of ``checked_chunks``)."""
+    for _ in checked_chunks(array, what, chunk_rows):
+        pass
 
 
 def first_nonfinite_parameter(model: torch.nn.Module) -> Optional[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .device import usable_cpus
+from .finite import checked_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,12 @@ def gpus_fit(gpus: Sequence[int], nbytes: int) -> Tuple[bool, str]:
 
 
 def build_index(embeddings: np.ndarray, gpus: Optional[Sequence[int]] = None, omp_threads: Optional[int] = None,
-                use_float16: bool = False):
+                use_float16: bool = False, check_finite: Optional[str] = None):
     """An exact inner-product index over ``embeddings`` (N, D).
+
+    The rows are added in chunks (a memmap is read once, one chunk in RAM besides the index);
+    with ``check_finite`` (a name for the message) each chunk is checked for NaN/inf as it is
+    read (``drhard.finite.checked_chunks``): faiss would silently return id -1 for such a row.
 
     ``gpus`` None or empty: ``faiss.IndexFlatIP`` on the CPU, searched with
     ``omp_threads`` threads (default: every core this process may use).  One
@@ -120,8 +125,13 @@ def build_index(embeddings: np.ndarray, gpus: Optional[Sequence[int]] = None, om
                                "(add GPUs to shard over, or use --not_faiss_cuda / no --faiss_gpus).", gpus, why)
                 gpus = []
     cpu_index = faiss.IndexFlatIP(dim)
-    for start in range(0, n, ADD_CHUNK_ROWS):  # a memmap is read chunk by chunk: one copy in RAM, the index's
-        cpu_index.add(np.ascontiguousarray(embeddings[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
+    if check_finite:
+        chunks = checked_chunks(embeddings, check_finite, ADD_CHUNK_ROWS)
+    else:
+        chunks = ((start, np.ascontiguousarray(embeddings[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
+                  for start in range(0, n, ADD_CHUNK_ROWS))
+    for _, chunk in chunks:  # (rows, D)
+        cpu_index.add(chunk)
     if not gpus:
         faiss.omp_set_num_threads(int(omp_threads or usable_cpus()))
         logger.info("faiss IndexFlatIP on CPU: %d x %d, %d threads", n, dim, faiss.omp_get_max_threads())

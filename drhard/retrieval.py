@@ -30,7 +30,6 @@ from . import index as dindex
 from .cli import naming_output
 from .encode import embeddings_complete, embedding_size, encode_to_memmap, model_fingerprint, tokens_fingerprint
 from .errors import DataError, data_error
-from .finite import check_finite_rows
 from .io import (PASSAGES, TokenCache, atomic_write, check_free_space, check_no_interrupted_commit, meta_path,
                  passage_embedding_path, passage_id_path, query_embedding_path, query_id_path, query_name, rank_path,
                  read_meta, remove_stale_tmp, save_array_memmap, token_memmap_path, token_prefix, write_rank)
@@ -153,13 +152,12 @@ def embed_queries(model, preprocess_dir: str, mode: str, max_len: int, batch_siz
     return emb
 
 
-def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None, check_finite: bool = False) -> np.memmap:
+def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None) -> np.memmap:
     """Open precomputed passage embeddings (float32 [n, dim]) for a model of embedding size ``dim``.
 
     A file of another model's width is refused with a message that says so
-    (the original reshaped to a hard-coded 768 and searched garbage).  With
-    ``check_finite`` every row is read (in chunks) and a NaN or infinity is a
-    ``NonFiniteError`` naming the file and the row.
+    (the original reshaped to a hard-coded 768 and searched garbage).  Its values
+    are checked by ``passage_index``, as the index is filled.
     """
     from .encode import read_sidecar
     from .io import open_embeddings
@@ -182,23 +180,25 @@ def open_passage_embeddings(path: str, dim: int, n: Optional[int] = None, check_
     except DataError as e:
         raise DataError(f"{e} [model embedding size {dim}"
                         + (f", {n} passages in the preprocess dir]" if n is not None else "]")) from None
-    if check_finite:
-        check_finite_rows(emb, f"{path} (passage embeddings)")
     return emb
 
 
 # --------------------------------------------------------------------------- search and runs
-def retrieve(passage_emb: np.ndarray, query_emb: np.ndarray, topk: int, gpus: Optional[Sequence[int]] = None,
-             search_batch_size: int = 4096, omp_threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+def passage_index(passage_emb: np.ndarray, path: str, gpus: Optional[Sequence[int]] = None,
+                  omp_threads: Optional[int] = None):
+    """The exact search index over passage embeddings (the file ``path``), every row checked for NaN/inf as it is
+    added (``drhard.index.build_index(check_finite=...)``): the one check of passage embeddings, for ADORE's
+    training and inference and STAR inference alike.  A bad row is a ``NonFiniteError`` naming the file and row."""
+    return dindex.build_index(passage_emb, gpus=gpus, omp_threads=omp_threads,
+                              check_finite=f"{path} (passage embeddings)")
+
+
+def search_index(index, query_emb: np.ndarray, topk: int, batch_size: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-``topk`` poffsets of every query: ``(scores (Q, k), poffsets (Q, k))``."""
-    if passage_emb.shape[1] != query_emb.shape[1]:
+    if index.d != query_emb.shape[1]:
         raise ValueError(f"query embeddings have dim {query_emb.shape[1]} but passage embeddings "
-                         f"{passage_emb.shape[1]}: they come from different models")
-    idx = dindex.build_index(passage_emb, gpus=gpus, omp_threads=omp_threads)
-    try:
-        return dindex.search(idx, query_emb, topk, batch_size=search_batch_size)
-    finally:
-        del idx
+                         f"{index.d}: they come from different models")
+    return dindex.search(index, query_emb, topk, batch_size=batch_size)
 
 
 def write_offset_rank(path: str, poffsets: np.ndarray) -> None:
@@ -281,7 +281,9 @@ def dense_retrieval(model, preprocess_dir: str, output_dir: str, mode: str, max_
     p_emb = embed_passages(model, preprocess_dir, output_dir, max_doc_length, batch_size, device, fp16, bf16)
     q_emb = embed_queries(model, preprocess_dir, mode, max_query_length, batch_size, device,
                           query_embedding_path(output_dir, mode), query_id_path(output_dir, mode), fp16, bf16)
-    _, poffsets = retrieve(p_emb, q_emb, topk, gpus=faiss_gpus)
+    index = passage_index(p_emb, passage_embedding_path(output_dir), gpus=faiss_gpus)
+    _, poffsets = search_index(index, q_emb, topk)
+    del index
     write_offset_rank(rank_path(output_dir, mode), poffsets)
     logger.info("wrote %s (%d queries, top %d)", rank_path(output_dir, mode), len(poffsets), topk)
     return poffsets

@@ -278,7 +278,7 @@ def test_nonfinite_row_of_pembed_is_refused_before_training(data, tmp_path, caps
     save = tmp_path / "out"
     rc, errors, err = adore(flags(data, save, pembed_path=bad), capsys)
     assert_one_error(rc, errors, err)
-    assert errors[0].startswith(f"error: {bad}: row 137 holds NaN or infinite values"), errors
+    assert errors[0].startswith(f"error: {bad} (passage embeddings): row 137 holds NaN or infinite values"), errors
     assert not save.exists()
 
 
@@ -290,8 +290,9 @@ def test_pembed_rows_are_checked_as_the_index_is_filled(data, tmp_path, monkeypa
     emb.tofile(bad)
     monkeypatch.setattr(at.dindex, "ADD_CHUNK_ROWS", 64)
     checked = []
-    real = at.first_nonfinite_row
-    monkeypatch.setattr(at, "first_nonfinite_row", lambda chunk, *a: checked.append(len(chunk)) or real(chunk, *a))
+    import drhard.finite as finite
+    real = finite.first_nonfinite_row
+    monkeypatch.setattr(finite, "first_nonfinite_row", lambda chunk, *a: checked.append(len(chunk)) or real(chunk, *a))
     with pytest.raises(NonFiniteError, match="row 150 "):
         AdoreTrainer(config(data, tmp_path / "out", pembed_path=str(bad)))
     assert checked == [64, 64, 64]  # chunk by chunk, stopped at the chunk holding row 150

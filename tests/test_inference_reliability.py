@@ -196,6 +196,26 @@ def test_adore_inference_refuses_nan_passage_embeddings(tiny, capsys, encodes):
     assert encodes == [] and files_under(tiny["root"] / "ad") == []
 
 
+@pytest.mark.parametrize("name", ["star/inference.py", "adore/inference.py"])
+def test_passage_embeddings_are_checked_by_the_one_index_reader(tiny, capsys, monkeypatch, name):
+    """One mechanism checks passage embeddings for NaN/inf, in all three programs that search them: the index
+    is filled through ``drhard.finite.checked_chunks`` (adore/train.py: test_adore_reliability)."""
+    import drhard.finite as finite
+    import drhard.index as dindex
+    seen = []
+    real_build, real_chunks = dindex.build_index, finite.checked_chunks
+    monkeypatch.setattr(dindex, "build_index", lambda emb, **kw: seen.append(kw.get("check_finite")) or
+                        real_build(emb, **kw))
+    chunked = []
+    monkeypatch.setattr(dindex, "checked_chunks", lambda *a, **k: chunked.append(a[1]) or real_chunks(*a, **k))
+    dmem = passage_embeddings(tiny)
+    argv = star_inference(tiny, "--topk", "3") if name == "star/inference.py" else adore_inference(tiny, dmem)
+    rc, err = call(name, argv, capsys)
+    assert rc == 0, err[-5:]
+    path = tiny["root"] / "inf" / "passages.memmap" if name == "star/inference.py" else dmem
+    assert seen == chunked == [f"{path} (passage embeddings)"]
+
+
 def test_adore_inference_refuses_non_finite_query_embeddings(tiny, capsys):
     from drhard.model import RobertaDot
     model = RobertaDot.from_pretrained(str(tiny["init"]))

@@ -33,7 +33,8 @@ from ..io import PASSAGES, qembed_path, query_name, rank_path
 from ..lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
 from ..model import RobertaDot
 from ..retrieval import (check_embedding_space, embed_queries, open_passage_embeddings, open_token_cache,
-                         passage_count, prepare_output_dir, retrieve, total_batch_size, write_offset_rank)
+                         passage_count, passage_index, prepare_output_dir, search_index, total_batch_size,
+                         write_offset_rank)
 from .flags import add_encoding_flags, add_mode, add_search_flags, add_tokenizer_mismatch_flag
 
 logger = logging.getLogger(__name__)
@@ -62,22 +63,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    # every input is checked before the long work: query cache, model, passage embeddings, output folder
+    # every input is checked before the long work: query cache, model, passage embeddings (their values as the
+    # index is filled), output folder
     queries = open_token_cache(args.preprocess_dir, query_name(args.mode))
     tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_dir, args.allow_tokenizer_mismatch)
     device = resolve_device(args.no_cuda)
     model = RobertaDot.from_pretrained(args.model_dir)
     check_model_finite(model, args.model_dir)
     dim = model.output_embedding_size
-    p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir), check_finite=True)
+    p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir))
     batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
     qembed = qembed_path(args.output_dir, args.mode)
     prepare_output_dir(args.output_dir)
     max_query_length = args.max_seq_length  # the original's flag name for the query length
     check_embedding_space(model, args.output_dir, [(qembed, queries, max_query_length)])
+    index = passage_index(p_emb, args.dmemmap_path, gpus=args.faiss_gpus)  # NaN/inf rows: refused here
     q_emb = embed_queries(model, args.preprocess_dir, args.mode, max_query_length, batch_size, device, qembed,
                           fp16=args.fp16, bf16=args.bf16)
-    _, poffsets = retrieve(p_emb, q_emb, args.topk, gpus=args.faiss_gpus)
+    _, poffsets = search_index(index, q_emb, args.topk)
     out = rank_path(args.output_dir, args.mode)
     write_offset_rank(out, poffsets)
     logger.info("wrote %s (%d queries, top %d)", out, len(poffsets), args.topk)
