@@ -71,6 +71,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .device import usable_cpus
+from .exact_search import MAX_CHUNK_BYTES
+from .index import GPU_MARGIN_BYTES
+
 logger = logging.getLogger(__name__)
 
 KB, MB, GB, TB = 10 ** 3, 10 ** 6, 10 ** 9, 10 ** 12
@@ -107,12 +111,11 @@ def flag(name: str, value: object = None) -> str:
 
 
 # --------------------------------------------------------------------------- constants of the formulas
-GPU_MARGIN_BYTES = 2 * GiB  # drhard.index: faiss temporary memory + CUDA context per GPU, on top of a shard
 CUDA_CONTEXT_BYTES = 512 * MiB  # a torch process's CUDA context (assumed; 300-600 MB with lazy loading)
 GPU_USABLE_FRACTION = 0.95  # allocator fragmentation
 RAM_USABLE_FRACTION = 0.9  # the OS, the page cache of the memmaps and other processes need the rest
 PROCESS_BASE_RAM = 1 * GB  # python + torch + transformers imported (measured ~0.8 GB here)
-STREAM_CHUNK_BYTES = 256 * MB  # exact_search.MAX_CHUNK_BYTES: both chunk buffers of a streamed search
+STREAM_CHUNK_BYTES = MAX_CHUNK_BYTES  # both chunk buffers of a streamed search (drhard.exact_search)
 DICT_ENTRY_BYTES = 106  # a Python dict int -> int, per entry (measured, CPython 3.x): pid2offset
 JSON_LIST_ENTRY_BYTES = 36  # hard.json loaded: a 28-byte int object + an 8-byte list slot per negative
 TOKENIZER_WORKER_RAM = 150 * MB  # one preprocess worker: the BPE tables and its block buffers
@@ -554,7 +557,7 @@ def gpu_profile(name: str) -> GpuProfile:
 
 def this_machine() -> Machine:
     """The machine this process runs on: usable cores, MemTotal, visible GPUs and their memory."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     ram = 16 * GB
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -687,9 +690,10 @@ def measure_encode(shape: ModelShape, device="cpu", batch_size: int = 32, length
                    repeats: int = 3, fp16: Optional[bool] = None, model=None) -> Tuple[float, float, float]:
     """``(FLOP/s, seconds per call, tokens/s at the longest length)`` of the encoder forward on ``device``.
 
-    Each call does what ``drhard.encode.encode_cache`` does per batch: ids and mask built in numpy, moved to
-    the device, a forward under inference mode (fp16 autocast on a GPU unless ``fp16`` False), the
-    embeddings back to the host, a finiteness check and a write into the output rows.  Timed at two
+    Each call does what ``drhard.encode.encode_cache`` does per batch: rows gathered from a token matrix in
+    row order, the mask and padding built in numpy, ids checked against the vocabulary, moved to the
+    device, a forward under inference mode (fp16 autocast on a GPU unless ``fp16`` False), the embeddings
+    back to the host, a finiteness check and a scattered write into the output rows.  Timed at two
     lengths (median of ``repeats``) to separate the per-call overhead from the per-FLOP cost."""
     import torch
     device = torch.device(device)
@@ -698,21 +702,31 @@ def measure_encode(shape: ModelShape, device="cpu", batch_size: int = 32, length
     model.eval()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rng = np.random.default_rng(0)
-    out = np.empty((batch_size, shape.out_dim), dtype=np.float32)
+    pool = 4 * batch_size
+    out = np.empty((pool, shape.out_dim), dtype=np.float32)
+    rows = rng.permutation(pool)[:batch_size]  # (B,) rows of the token matrix, not in file order
     points = []
     tokens_per_s = 0.0
     for length in lengths:
-        ids_np = rng.integers(3, shape.vocab, size=(batch_size, length))  # (B, T)
-        ids_np[:, 0] = 0
-        mask_np = np.ones_like(ids_np)  # (B, T)
+        tokens = rng.integers(3, shape.vocab, size=(pool, length)).astype(np.int32)  # (4B, T) a token cache
+        tokens[:, 0] = 0
+        row_lengths = np.full(pool, length, dtype=np.int64)  # (4B,)
 
         def call():
+            order = np.argsort(rows, kind="stable")
+            raw = np.empty((batch_size, length), dtype=np.int64)  # (B, T)
+            raw[order] = tokens[rows[order], :length]
+            cut = np.minimum(row_lengths[rows], length)  # (B,)
+            mask_np = np.arange(length)[None, :] < cut[:, None]  # (B, T)
+            ids_np = np.where(mask_np, raw, 1)  # (B, T) padded with the pad id
+            if int(ids_np.max()) >= shape.vocab:
+                raise ValueError("token id beyond the vocabulary")
             ids = torch.from_numpy(ids_np).to(device)  # (B, T)
-            mask = torch.from_numpy(mask_np).to(device)  # (B, T)
+            mask = torch.from_numpy(mask_np.astype(np.int64)).to(device)  # (B, T)
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
                 emb = model.encode(ids, mask).float().cpu().numpy()  # (B, D)
             np.isfinite(emb).all(axis=1)
-            out[:] = emb
+            out[rows] = emb
 
         call()  # warm-up
         seconds = _median_time(call, repeats, sync)
@@ -1160,9 +1174,9 @@ def _encode_plan(ctx: Context, name: str, title: str, rows: int, mean_tokens: fl
         plan.fits = False
         plan.advice.append(f"{format_size(gpu)} per GPU > {format_size(m.gpu_usable)}: a smaller "
                            f"{flag('eval_batch_size')}")
-    if on_gpu and not w.encode_fp16 and seconds > 60:
-        prof = m.profile()
-        gain = prof.fp16_flops * ENCODE_UTILISATION / (prof.fp32_flops * FP32_UTILISATION)
+    prof = m.profile()
+    gain = prof.fp16_flops * ENCODE_UTILISATION / (prof.fp32_flops * FP32_UTILISATION)
+    if on_gpu and not w.encode_fp16 and seconds > 60 and gain >= 1.5:
         plan.notes.append(f"{flag('fp16')} for encoding: fp16 tensor cores, ~{gain:.0f}x faster (embeddings "
                           "differ in the last bits)")
     if not on_gpu and seconds > 86400:
