@@ -1,4 +1,8 @@
-"""Shared test set-up: offline, CPU, and the location of ../shared (optional)."""
+"""Shared test set-up: offline, the location of ../shared (optional), helpers every test file uses, and the
+skip of ``gpu`` tests where no GPU is usable (markers: setup.cfg).
+
+GPUs are not hidden from the tests (the ``gpu`` tests need them); a subprocess that must run on the CPU
+gets ``cpu_env()``."""
 import os
 from pathlib import Path
 
@@ -7,7 +11,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DRHARD_SHARED", REPO.parent / "shared"))
@@ -26,6 +29,11 @@ def repo_root() -> Path:
     return REPO
 
 
+def cpu_env(**extra) -> dict:
+    """The environment for a subprocess of a test: offline, on the CPU (``CUDA_VISIBLE_DEVICES`` empty)."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false", **extra)
+
+
 def command(script: str):
     """The ``drhard.commands`` module behind an original script path (``"star/train.py"``): its ``main``,
     ``parse_args`` and ``build_parser`` are what the script runs."""
@@ -38,11 +46,6 @@ def command(script: str):
     raise KeyError(f"no command behind {script}")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped, saying why, where none is usable")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
-
-
 def _cuda_unusable_reason():
     """None when torch can use a CUDA GPU, else why not (for the skip message of `gpu` tests)."""
     import torch
@@ -51,8 +54,7 @@ def _cuda_unusable_reason():
     if torch.version.cuda is None:
         return f"needs a CUDA GPU: torch {torch.__version__} is a CPU-only build"
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        return ("needs a CUDA GPU: CUDA_VISIBLE_DEVICES is empty (tests/conftest.py hides GPUs unless it is set; "
-                "run e.g. CUDA_VISIBLE_DEVICES=0,1 python -m pytest -m gpu tests/test_gpu.py)")
+        return "needs a CUDA GPU: CUDA_VISIBLE_DEVICES is set and empty in this environment"
     return "needs a CUDA GPU: torch.cuda.is_available() is False (no GPU or no driver visible)"
 
 

@@ -34,7 +34,7 @@ from drhard.io import TokenCache
 from drhard.model import RobertaDot
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import command  # noqa: E402
+from conftest import command, cpu_env  # noqa: E402
 from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
 
 N_QUERIES = 48  # make_tiny_preprocess default: 6 updates per epoch at batch size 8
@@ -174,6 +174,7 @@ def inject(trainer, bad_calls, what=float("inf")):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", [float("inf"), float("nan")])
 def test_nonfinite_loss_skips_the_step_without_touching_weights_or_optimizer(data, tmp_path, what):
     trainer = AdoreTrainer(config(data, tmp_path / "out"))
@@ -486,7 +487,7 @@ def test_every_save_records_checksums_last(finished):
 
 # --------------------------------------------------------------------------- 6. SIGKILL during a save
 def _env(**extra):
-    return dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false", **extra)
+    return cpu_env(**extra)
 
 
 def _run(argv, **env):
@@ -521,6 +522,7 @@ def _kill_in_save(argv, save, target):
     assert not (save / target).exists()
 
 
+@pytest.mark.slow
 def test_killed_while_checkpoints_are_half_written_then_resumed_matches(data, uninterrupted, tmp_path):
     """Killed inside a step checkpoint's save, resumed, killed inside an epoch's save, resumed: the weights and
     checkpoints of an uninterrupted run."""

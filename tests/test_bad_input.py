@@ -29,7 +29,7 @@ from drhard.io import DataError
 from drhard.model import ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import command  # noqa: E402
+from conftest import command, cpu_env  # noqa: E402
 from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
 
 def script(name: str):
@@ -404,10 +404,11 @@ def test_prepare_hardneg_rejects_bad_train_qrels_before_encoding(tiny, capsys):
     assert files_under(out) == []
 
 
+@pytest.mark.slow
 def test_star_inference_cli_prints_one_error_line(tiny):
     """The script's own wrapper: exit 1, one `error:` line, no traceback."""
     os.remove(tiny["init"] / "model.safetensors")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    env = cpu_env()
     p = subprocess.run([sys.executable, str(REPO / "star/inference.py"), "--data_type", "passage", "--mode",
                         "train", "--model_path", str(tiny["init"]), "--preprocess_dir", str(tiny["pre"]),
                         "--output_dir", str(tiny["root"] / "inf")], capture_output=True, text=True, env=env)

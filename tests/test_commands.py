@@ -94,6 +94,7 @@ def test_quickstart_plan_reruns_adore_over_a_failed_run(tmp_path):
     assert star and all("--overwrite_output_dir" in s.args for s in star)
 
 
+@pytest.mark.slow
 def test_a_stage_runs_from_the_installed_package_alone(tmp_path):
     """Stages run ``python -m drhard.commands...``: with only the package on the path (as after a non-editable
     ``pip install .``: no checkout, no original scripts) and another working folder, a stage still runs."""
@@ -113,3 +114,15 @@ def test_a_stage_runs_from_the_installed_package_alone(tmp_path):
     assert "MRR @10: 0.75" in p.stdout
     assert json.loads((work / "runs" / "stages" / "eval.json").read_text())["command"] == \
         "python ./msmarco_eval.py qrels run"
+
+
+@pytest.mark.slow
+def test_the_test_setup_does_not_hide_gpus():
+    """tests/conftest.py leaves CUDA_VISIBLE_DEVICES alone (the gpu tests need the GPUs); only the subprocesses
+    that must run on the CPU get it empty (cpu_env)."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    code = ("import os, conftest; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), "
+            "conftest.cpu_env()['CUDA_VISIBLE_DEVICES'] == '')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["None", "True"]

@@ -36,6 +36,7 @@ def args(pre, inp, out, dataset="passage", mode="dev"):
     return ["--input_dir", inp, "--preprocess_dir", pre, "--output_dir", out, "--mode", mode, "--dataset", dataset]
 
 
+@pytest.mark.slow
 def test_passage_round_trip(setup, tmp_path):
     pre, inp, ranking = setup
     out = tmp_path / "official"
@@ -55,6 +56,7 @@ def test_passage_round_trip(setup, tmp_path):
     assert a == b and a["MRR @10"] == (1 / 3 + 1 / 2) / 3
 
 
+@pytest.mark.slow
 def test_doc_prefix_and_trec_output(setup, tmp_path):
     pre, inp, ranking = setup
     out = tmp_path / "official"
@@ -70,6 +72,7 @@ def test_doc_prefix_and_trec_output(setup, tmp_path):
                                                                                       doc=True)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite(setup, tmp_path):
     pre, inp, _ = setup
     out = tmp_path / "official"
@@ -81,6 +84,7 @@ def test_refuses_to_overwrite(setup, tmp_path):
     assert (out / "dev.rank.tsv").read_text() == "keep me\n"
 
 
+@pytest.mark.slow
 def test_unknown_offset_names_file_and_line(setup, tmp_path):
     pre, inp, _ = setup
     with open(inp / "dev.rank.tsv", "a") as f:
@@ -93,6 +97,7 @@ def test_unknown_offset_names_file_and_line(setup, tmp_path):
     assert not (out / "dev.rank.tsv").exists()            # nothing half-written is left behind
 
 
+@pytest.mark.slow
 def test_wrong_mode_map_is_reported(setup, tmp_path):
     pre, inp, _ = setup
     save_offset_map(str(pre / "test-qid2offset.pickle"), {19335: 0})
@@ -107,6 +112,7 @@ def _errors(res):
     return [ln for ln in lines if "error:" in ln]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["rank file", "query map", "passage map"])
 def test_a_directory_where_a_file_is_expected_exits_2(setup, tmp_path, where):
     pre, inp, _ = setup
@@ -120,6 +126,7 @@ def test_a_directory_where_a_file_is_expected_exits_2(setup, tmp_path, where):
     assert not (tmp_path / "official").exists()
 
 
+@pytest.mark.slow
 def test_a_file_where_a_folder_is_expected_exits_2(setup, tmp_path):
     pre, inp, _ = setup
     out = tmp_path / "official"
@@ -129,6 +136,7 @@ def test_a_file_where_a_folder_is_expected_exits_2(setup, tmp_path):
     assert res.returncode == 2 and len(errors) == 1 and "--output_dir" in errors[0] and "not a directory" in errors[0]
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_takes_no_files_is_one_error_line(setup, tmp_path):
     """Read-only folder: as root chmod does not stop writes, so a folder under a regular file stands in
     for it (NotADirectoryError, an OSError, as PermissionError is); it was a traceback."""
@@ -140,6 +148,7 @@ def test_an_output_folder_that_takes_no_files_is_one_error_line(setup, tmp_path)
     assert res.returncode == 1 and errors == [f"error: {out}: Not a directory"]
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_error_line(setup, tmp_path):
     pre, inp, _ = setup
     out = tmp_path / "ro"

@@ -19,6 +19,8 @@ import dist_workers as dw
 from drhard import distributed as dd
 from drhard import losses
 
+pytestmark = pytest.mark.slow  # subprocesses, kills, resumes, downloads, the README's commands
+
 ATOL = 1e-5
 RTOL = 1e-5
 

@@ -16,8 +16,8 @@ from conftest import REPO
 
 SCRIPT = str(REPO / "download_data.sh")
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None,
-                                reason="needs bash and curl")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None,
+                                                   reason="needs bash and curl")]
 
 TAR_MEMBERS = {
     "collection.tsv": "0\tthe presence of communication amid scientific minds\n1\tmanhattan project\n",

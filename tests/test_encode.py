@@ -73,6 +73,7 @@ def test_length_sorted_batches_cover_rows_longest_first():
     assert (np.diff(cut) <= 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_len,batch_size", [(12, 4), (64, 5), (8, 1)])
 def test_sorted_batching_equals_one_by_one(tmp_path, model, max_len, batch_size):
     cache = make_cache(tmp_path / "pre")

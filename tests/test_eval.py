@@ -51,6 +51,7 @@ def test_mrr_hand_computed(small):
     assert metrics.mrr_at_k(q, r, 1) == 0
 
 
+@pytest.mark.slow
 def test_cli_prints_official_lines(small):
     qrels, run = small
     res = run_eval(qrels, run)
@@ -64,6 +65,7 @@ def test_cli_prints_official_lines(small):
     assert res.stdout.splitlines()[2] == f"MRR @100: {(1 / 2 + 1 / 7 + 1 / 11) / 4}"
 
 
+@pytest.mark.slow
 def test_cli_extra_measures_are_opt_in_and_sorted(small):
     qrels, run = small
     res = run_eval(qrels, run, "--recall", "100", "--ndcg")
@@ -75,6 +77,7 @@ def test_cli_extra_measures_are_opt_in_and_sorted(small):
     assert lines[5] == f"Recall @100: {3 / 4}"
 
 
+@pytest.mark.slow
 def test_doc_mode_needs_d_prefixes(tmp_path):
     qrels = write(tmp_path / "msmarco-docdev-qrels.tsv", ["11 0 D70 1", "12 0 D80 1"])
     run = write(tmp_path / "dev.rank.tsv", [f"11\tD{p}\t{p}" for p in range(1, 71)]
@@ -88,6 +91,7 @@ def test_doc_mode_needs_d_prefixes(tmp_path):
     assert f"{bare}:2" in res.stderr and "'D' prefix" in res.stderr
 
 
+@pytest.mark.slow
 def test_numeric_k_with_offset_files(tmp_path):
     """The README's doc evaluation on preprocess offsets: ``... dev-qrel.tsv dev.rank.tsv 100``."""
     qrels = write(tmp_path / "dev-qrel.tsv", ["0\t0\t40\t1", "1\t0\t3\t1"])
@@ -96,6 +100,7 @@ def test_numeric_k_with_offset_files(tmp_path):
     assert res.stdout.splitlines()[2] == f"MRR @100: {(1 / 41 + 1) / 2}"
 
 
+@pytest.mark.slow
 def test_graded_qrels_threshold(tmp_path):
     qrels = write(tmp_path / "2019qrels-pass.txt", ["5 Q0 10 0", "5 Q0 11 1", "5 Q0 12 2", "6 Q0 20 0"])
     run = write(tmp_path / "run.tsv", ["5\t10\t1", "5\t11\t2", "5\t12\t3", "6\t20\t1"])
@@ -136,6 +141,7 @@ def official_mrr(qrels_path, run_path, k=10):
     return mrr / len(relevant), len(ranked)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parts", [("data", "msmarco-eval", "2019qrels-pass.txt"),
                                    ("data", "msmarco-eval", "2020qrels-pass.txt"),
                                    ("data", "cranfield", "passage", "2019qrels-pass.txt")])
@@ -179,6 +185,7 @@ def test_evaluate_offsets_prints_the_official_number(tmp_path):
     assert want == (1 + 1 / 2) / 3 and ranked == 2
 
 
+@pytest.mark.slow
 def test_rank_value_not_position_and_big_ranks(tmp_path):
     qrels = write(tmp_path / "q.tsv", ["1\t0\t9\t1", "2\t0\t4\t1"])
     run = write(tmp_path / "r.tsv", ["1\t8\t1", "1\t9\t3", "2\t4\t1500", "2\t5\t1"])
@@ -208,6 +215,7 @@ def test_trec_run_format_gives_same_numbers(small, tmp_path):
     (["1\t2\t1", "1\t3\t1"], 2, "two passages at rank 1 (also on line 1)"),
     (["1 Q0 2 1 notanumber tag"], 1, "score"),
 ])
+@pytest.mark.slow
 def test_malformed_run_names_file_and_line(tmp_path, lines, lineno, words):
     run = write(tmp_path / "run.tsv", lines)
     with pytest.raises(DataError) as e:
@@ -239,6 +247,7 @@ def test_crlf_is_tolerated_bom_is_not(tmp_path):
         metrics.read_qrels(str(qrels))
 
 
+@pytest.mark.slow
 def test_offset_run_against_official_qrels_warns(tmp_path):
     """The mix-up that gives MRR ~0.01: a run of query offsets scored against official qrels."""
     rng = random.Random(0)
@@ -263,6 +272,7 @@ def test_right_queries_wrong_passage_ids_warns(tmp_path):
     assert len(msgs) == 1 and "same passage ids" in msgs[0]
 
 
+@pytest.mark.slow
 def test_no_shared_query_is_an_error(tmp_path):
     qrels = write(tmp_path / "q.tsv", ["1\t0\t2\t1"])
     run = write(tmp_path / "r.tsv", ["5\t2\t1"])
@@ -369,6 +379,7 @@ def test_ids_are_canonical_and_d_ids_stay_apart(tmp_path):
     (["--recall", "100", "-5"], "--recall: must be >= 1, got -5"),
     (["--recall", "x"], "invalid int value"),
 ])
+@pytest.mark.slow
 def test_flags_are_checked_at_the_door(small, args, what):
     qrels, run = small
     res = run_eval(qrels, run, *args)
@@ -377,6 +388,7 @@ def test_flags_are_checked_at_the_door(small, args, what):
     assert len(errors) == 1 and what in errors[0] and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["reference", "candidate"])
 def test_a_directory_for_a_file_is_a_usage_error(small, tmp_path, which):
     qrels, run = small
@@ -387,6 +399,7 @@ def test_a_directory_for_a_file_is_a_usage_error(small, tmp_path, which):
     assert len(errors) == 1 and f"{tmp_path} is a directory" in errors[0]
 
 
+@pytest.mark.slow
 def test_a_missing_file_is_one_error_line(small, tmp_path):
     qrels, _ = small
     res = run_eval(qrels, tmp_path / "nope.tsv")

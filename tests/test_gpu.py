@@ -2,10 +2,9 @@
 fallback, ADORE with the index on a GPU, DDP over NCCL, TorchFlatIndex on CUDA.
 
 Every test is marked ``gpu``: without a usable CUDA GPU it is skipped with the
-reason (tests/conftest.py).  tests/conftest.py hides GPUs unless
-``CUDA_VISIBLE_DEVICES`` is set, so on a GPU machine run
+reason (tests/conftest.py).  On a GPU machine run
 
-    CUDA_VISIBLE_DEVICES=0,1 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+    python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 
 Tests that need two GPUs, a faiss with GPU support or bf16 skip on their own,
 saying which.  Tolerances: fp32 on the GPU against the CPU to summation order

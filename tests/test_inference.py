@@ -83,6 +83,7 @@ def check_rank_file(path, p_emb, q_emb, k):
     assert [int(r) for _, _, r in lines[:k]] == list(range(1, k + 1))
 
 
+@pytest.mark.slow
 def test_star_inference_readme_command_verbatim(toy):
     root, pre, model_dir = toy
     res = run_script("star/inference.py", ["--data_type", "passage", "--max_doc_length", "256", "--mode", "dev"],
@@ -115,6 +116,7 @@ def test_star_inference_readme_command_verbatim(toy):
     check_rank_file(out / "train.rank.tsv", p_emb, q_emb, 7)
 
 
+@pytest.mark.slow
 def test_prepare_hardneg_readme_mode_dev_builds_train_negatives(toy):
     root, pre, _ = toy
     out = root / "hn"
@@ -150,6 +152,7 @@ def test_hard_negatives_match_slow_reference():
         assert got[q].tolist() == want
 
 
+@pytest.mark.slow
 def test_adore_inference_and_wrong_dimension(toy, tmp_path):
     root, pre, model_dir = toy
     dmem = tmp_path / "passages.memmap"

@@ -304,6 +304,7 @@ def test_too_little_space_for_both_embedding_files_is_refused_up_front(tiny, cap
     assert encodes == []
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_cannot_be_created_is_one_error_line(tiny):
     """As root a read-only folder still takes files; a folder under a regular file cannot exist (an OSError,
     which was a traceback). Run as the user runs it, through the script's own entry point."""

@@ -20,6 +20,8 @@ from drhard.model import build_tiny_roberta
 from tinyprep import popen_script, run_script
 from toy_data import make_tiny_tokenizer, make_toy_msmarco
 
+pytestmark = pytest.mark.slow  # subprocesses, kills, resumes, downloads, the README's commands
+
 SEEDS = [0, 1, 2]
 
 

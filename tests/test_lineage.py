@@ -119,6 +119,7 @@ def test_mismatch_refused_before_any_output(world, tmp_path):
     assert not (tmp_path / "adore").exists()
 
 
+@pytest.mark.slow
 def test_mismatch_is_a_one_line_error_exit(world, tmp_path):
     p = run_script("star/inference.py", *star_args(world, world["models"]["b"], tmp_path / "out"), check=False)
     assert p.returncode == 1

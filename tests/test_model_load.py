@@ -195,6 +195,7 @@ def tiny(tmp_path_factory):
     return make_tiny_preprocess(tmp_path_factory.mktemp("load") / "t", vocab=VOCAB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["drhard-4.x", "ance-2.3"])
 def test_inference_scripts_run_on_original_checkpoints(tiny, tmp_path, capsys, variant):
     """star/inference.py and prepare_hardneg.py died on a 4.x save with AttributeError: 'tuple' object has no

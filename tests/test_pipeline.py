@@ -59,6 +59,7 @@ def test_check_results_flags_bad_tables():
     assert any("rows" in p for p in problems)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_every_readme_full_scale_command_in_order():
     out = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--data_type", "passage", "--gpus", "4",
                           "--dry_run"], capture_output=True, text=True, check=True).stdout.splitlines()

@@ -226,6 +226,7 @@ def _cli(args, cwd, env_extra=None):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_readme_command_verbatim(tmp_path, tok_dir):
     make_toy_msmarco(tmp_path / "data", "passage", n_passages=50)
     make_toy_msmarco(tmp_path / "data", "doc", n_passages=50)
@@ -379,6 +380,7 @@ def test_original_defaults_are_kept(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- outputs the system refuses
+@pytest.mark.slow
 def test_unwritable_output_is_one_error_line_exit_1(tmp_path, tok_dir):
     data = make_toy_msmarco(tmp_path / "data", "passage", n_passages=20)
     blocker = tmp_path / "blocker"

@@ -15,10 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cpu_env
 from drhard.io import read_offset_qrels, read_rank
 from drhard.model import build_tiny_roberta
 from toy_data import make_tiny_tokenizer, make_toy_msmarco
+
+pytestmark = pytest.mark.slow  # subprocesses, kills, resumes, downloads, the README's commands
 
 README_COMMANDS = [
     "python preprocess.py --data_type 0; python preprocess.py --data_type 1",
@@ -43,7 +45,7 @@ def run(cmd: str, cwd) -> str:
         argv = part.split()
         assert argv[0] == "python"
         script = os.path.normpath(os.path.join(REPO, argv[1]))
-        env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+        env = cpu_env()
         p = subprocess.run([sys.executable, script, *argv[2:]], cwd=cwd, capture_output=True, text=True, env=env)
         assert p.returncode == 0, f"{part}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
         out.append(p.stdout)

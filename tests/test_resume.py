@@ -14,6 +14,8 @@ from drhard.io import TokenCache
 from drhard.model import RobertaDot
 from tinyprep import make_tiny_preprocess, popen_script, run_script
 
+pytestmark = pytest.mark.slow  # subprocesses, kills, resumes, downloads, the README's commands
+
 
 def kill_when(proc, path, timeout=120, sig=signal.SIGKILL):
     """Send ``sig`` to ``proc`` as soon as ``path`` exists (it was still running then); its exit status."""

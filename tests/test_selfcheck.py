@@ -1,7 +1,6 @@
 """python -m drhard.selfcheck on a CPU machine: the CPU rows pass, every GPU row is skipped saying why, the
 exit status says whether something failed, and a check that gets a wrong answer is a failed row."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cpu_env
 from drhard import encode as encode_mod
 from drhard import index as index_mod
 from drhard import selfcheck
@@ -23,9 +23,10 @@ def row(out: str, name: str):
     return m.group(1), m.group(2)
 
 
+@pytest.mark.slow
 def test_selfcheck_on_cpu_passes_cpu_rows_and_skips_gpu_rows_saying_why(tmp_path):
     report_path = tmp_path / "out" / "selfcheck.json"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    env = cpu_env()
     proc = subprocess.run([sys.executable, "-m", "drhard.selfcheck", "--quick", "--json", str(report_path)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -139,6 +139,7 @@ def test_stop_at_step_keeps_the_papers_schedule(tmp_path):
     assert trainer2.lr_scheduler.get_last_lr()[0] == 0.0
 
 
+@pytest.mark.slow
 def test_stop_at_step_ends_where_the_full_run_was(tiny, capsys):
     full, stopped = tiny["root"] / "full", tiny["root"] / "stopped"
     assert train(tiny, full, capsys, "--num_train_epochs", 4)[0] == 0  # 12 steps, saves at 3, 6, 9, 12
@@ -154,6 +155,7 @@ def test_stop_at_step_ends_where_the_full_run_was(tiny, capsys):
     assert not same_weights(stopped6, full)
 
 
+@pytest.mark.slow
 def test_stop_at_step_resumed_after_the_stop_saves_the_final_model(tiny, capsys):
     out = tiny["root"] / "out"
     assert train(tiny, out, capsys, "--num_train_epochs", 4, "--stop_at_step", 4)[0] == 0
@@ -197,6 +199,7 @@ def scalars(folder, tag):
     return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
+@pytest.mark.slow
 def test_tensorboard_events_go_to_output_dir_log_and_a_given_logging_dir(tiny, capsys, monkeypatch):
     monkeypatch.chdir(tiny["root"])  # the flag's default path (./data/passage/star_train/log) is relative
     out = tiny["root"] / "out"
@@ -216,6 +219,7 @@ def test_tensorboard_events_go_to_output_dir_log_and_a_given_logging_dir(tiny, c
 
 
 # --------------------------------------------------------------------------- 4. one optimizer builder
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lamb", "adamw"])
 def test_training_uses_the_optimizer_build_optimizer_returns(tiny, monkeypatch, name):
     built = []
@@ -265,6 +269,7 @@ class Snapshots(TrainerCallback):
         self.lr_position[state.global_step] = self.trainer.lr_scheduler.last_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,bad", [("lamb", float("nan")), ("adamw", float("inf")), ("lamb", float("inf"))])
 def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny, monkeypatch, name, bad):
     calls = poison_star_loss(monkeypatch, {3}, lambda loss, q: loss * bad)
@@ -317,6 +322,7 @@ def test_non_finite_steps_in_a_row_stop_naming_the_step(tiny, capsys, monkeypatc
     assert scalars(out / "log", "train/nonfinite_steps") == [(3, 1.0), (4, 2.0)]
 
 
+@pytest.mark.slow
 def test_isolated_non_finite_steps_do_not_stop_training(tiny, capsys, monkeypatch):
     poison_star_loss(monkeypatch, {2, 3, 5, 6, 8}, lambda loss, q: loss * float("inf"))
     out = tiny["root"] / "out"
@@ -326,6 +332,7 @@ def test_isolated_non_finite_steps_do_not_stop_training(tiny, capsys, monkeypatc
 
 
 # --------------------------------------------------------------------------- 6. no non-finite model is saved
+@pytest.mark.slow
 def test_a_nan_weight_is_never_saved(tiny, capsys, monkeypatch):
     # a finite loss whose gradient is NaN (d sqrt(x)/dx at 0 is inf; inf * 0 = NaN): the update makes NaN weights
     poison_star_loss(monkeypatch, {2}, lambda loss, q: loss + torch.sqrt((q * 0).sum()))
@@ -384,6 +391,7 @@ def finished(tiny, capsys):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BREAKS))
 def test_auto_resume_skips_a_corrupted_checkpoint(tiny, capsys, caplog, finished, name):
     out = tiny["root"] / "again"
@@ -400,6 +408,7 @@ def test_auto_resume_skips_a_corrupted_checkpoint(tiny, capsys, caplog, finished
     assert same_weights(out, finished)  # steps 10-12 again, exactly
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BREAKS))
 def test_a_named_corrupted_checkpoint_is_one_error_line(tiny, capsys, finished, name):
     BREAKS[name](finished / "checkpoint-9" / name)
@@ -410,6 +419,7 @@ def test_a_named_corrupted_checkpoint_is_one_error_line(tiny, capsys, finished, 
     assert "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.slow
 def test_auto_resume_never_picks_an_incomplete_or_temporary_folder(tiny, capsys, caplog, finished):
     (finished / "model.safetensors").unlink()
     shutil.copytree(finished / "checkpoint-12", finished / "tmp-checkpoint-15")

@@ -83,6 +83,7 @@ def test_items_are_reproducible_per_epoch(tiny):
     assert all(set(n) <= set(hard[str(i)]) for i, n in enumerate(a))
 
 
+@pytest.mark.slow
 def test_hardneg_must_cover_training_queries(tiny):
     hard = json.loads(tiny["hard"].read_text())
     del hard["3"]
@@ -102,6 +103,7 @@ def _star_args(tiny, out, *extra):
             "--per_device_train_batch_size", 16, "--warmup_steps", 2, "--logging_steps", 3, "--seed", 7, *extra]
 
 
+@pytest.mark.slow
 def test_star_training_ranks_positives_better(tiny):
     out = tiny["root"] / "star"
     before = train_mrr(tiny["init"], tiny)
@@ -117,6 +119,7 @@ def test_star_training_ranks_positives_better(tiny):
     assert p.returncode != 0 and "overwrite_output_dir" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negative_type", ["inbatch", "random"])
 def test_warmup_baselines_train_without_hard_json(tiny, negative_type):
     out = tiny["root"] / negative_type
@@ -128,6 +131,7 @@ def test_warmup_baselines_train_without_hard_json(tiny, negative_type):
     assert changed
 
 
+@pytest.mark.slow
 def test_adore_raises_training_mrr(tiny):
     # frozen passage embeddings from the (untrained) init model
     model = RobertaDot.from_pretrained(str(tiny["init"])).eval()

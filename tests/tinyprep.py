@@ -6,7 +6,6 @@ of its positive passage ``q * stride``, so retrieval is learnable.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conftest import REPO, cpu_env
 from drhard.io import save_offset_map, write_token_cache
 from drhard.model import build_tiny_roberta
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_cache(path: Path, rows, width: int) -> None:
@@ -50,18 +48,16 @@ def make_tiny_preprocess(root: Path, n_passages: int = 200, n_queries: int = 48,
 
 
 def run_script(script: str, *args, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
     p = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                       env=env, cwd=kw.get("cwd", REPO))
+                       env=cpu_env(), cwd=kw.get("cwd", REPO))
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 
 def popen_script(script: str, *args, cwd=REPO) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+                            stderr=subprocess.DEVNULL, env=cpu_env(), cwd=cwd)
 
 
 def spread(model, std=0.5, seed=0):
