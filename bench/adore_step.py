@@ -38,7 +38,7 @@ from drhard.model import build_tiny_roberta  # noqa: E402
 
 def loop_adore_loss(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                     metric_cut: Optional[int]) -> torch.Tensor:
-    """Per-query reference (SPEC §6), one (M, M) pair matrix per query."""
+    """Per-query reference (the loss as the original computed it), one (M, M) pair matrix per query."""
     B, M = labels.shape
     inv = 1.0 / torch.arange(1, M + 1, dtype=torch.float32)
     if metric_cut is not None:

@@ -73,7 +73,8 @@ def first_nonfinite_row(array: np.ndarray, chunk_rows: int = CHECK_CHUNK_ROWS) -
     return None
 
 
-def checked_chunks(array: np.ndarray, what: str, chunk_rows: int = CHECK_CHUNK_ROWS) -> Iterator[Tuple[int, np.ndarray]]:
+def checked_chunks(array: np.ndarray, what: str,
+                   chunk_rows: int = CHECK_CHUNK_ROWS) -> Iterator[Tuple[int, np.ndarray]]:
     """``(first row, rows as float32)`` of ``array`` (N, D), chunk by chunk, each checked for NaN and inf as it is
     read: the one reader that checks embeddings (``drhard.index.build_index`` fills an index from it, so the bytes
     checked are the bytes indexed, in one pass over a memmap).  A bad row is a ``NonFiniteError`` naming ``what``

@@ -376,7 +376,8 @@ def write_token_cache(prefix: str, rows: Sequence[Sequence[int]], width: int) ->
 
 
 def cut_ids(ids: Sequence[int], max_len: int) -> List[int]:
-    """Keep ``<s>`` and the final ``</s>`` when cutting a stored row to ``max_len`` (SPEC 4)."""
+    """Keep ``<s>`` and the final ``</s>`` when cutting a stored row to ``max_len``, as the original's training
+    and inference code cut it (docs/formats.md, "Preprocess folder")."""
     ids = list(ids)
     if len(ids) <= max_len:
         return ids

@@ -9,8 +9,9 @@ Eq. 2: for a positive score ``p`` and a negative score ``n``
 
 * Inbatch-Neg, Rand-Neg and STAR (Eq. 2 with the negatives of §4 / Eq. 7):
   the loss is the mean of the kept pair losses, ``sum / count``.
-* ADORE (Eq. 8 with the LambdaRank-style weights ``|Δ 1/r|``, SPEC §6): a
-  weighted RankNet loss over the list the frozen index retrieved.
+* ADORE (Eq. 8 with the LambdaRank-style weights ``|Δ 1/r|``): a weighted
+  RankNet loss over the list the frozen index retrieved, built as the original
+  built it (:func:`build_adore_lists`, :func:`adore_query_losses`).
 
 Across devices (``drhard.distributed``, one process per GPU) every loss comes
 in two scopes, :data:`LOSS_SCOPES`:
@@ -337,7 +338,7 @@ def training_loss(negative_type: str, q_emb: torch.Tensor, d_emb: torch.Tensor,
 # --------------------------------------------------------------------------- ADORE
 def build_adore_lists(retrieved: np.ndarray, rel_lists: Sequence[Sequence[int]]
                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate lists of ADORE (SPEC §6) from a faiss search result.
+    """Candidate lists of ADORE from a faiss search result, as the original's trainer built them.
 
     ``retrieved`` (B, K) int64 passage offsets (faiss fills missing hits with
     -1); ``rel_lists[b]`` the relevant passage offsets of query b in
@@ -392,7 +393,7 @@ def adore_inverse_ranks(num_positions: int, metric_cut: Optional[int],
     """``1/r`` for the 1-based positions r = 1..M, set to 0 beyond ``metric_cut`` (M,) float32.
 
     ``metric_cut=None`` means no cut (the original's ``arr[None:] = 0`` zeroed
-    every weight then, SPEC §9).
+    every weight then).
     """
     inv_rank = 1.0 / torch.arange(1, num_positions + 1, dtype=torch.float32, device=device)  # (M,)
     if metric_cut is not None:
@@ -415,7 +416,8 @@ def adore_loss(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor
 
 def adore_query_losses(q_emb: torch.Tensor, cand_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                        metric_cut: Optional[int] = None) -> torch.Tensor:
-    """ADORE's LambdaRank-style loss (Eq. 8, SPEC §6) of every query, all at once: (B,).
+    """ADORE's LambdaRank-style loss (the paper's Eq. 8, as the original computed it) of every query, all at
+    once: (B,).
 
     q_emb (B, D) trainable query embeddings, cand_emb (B, M, D) frozen passage
     embeddings of each query's candidate list (see :func:`build_adore_lists`),

@@ -84,7 +84,8 @@ from .cli import check_flags, flag, int_at_least
 from .device import usable_cpus
 from .lineage import save_manifest
 from .io import DataError, data_error
-from .rawdata import INPUT_FILES, input_names, parse_collection_line, parse_data_type, parse_qrels_line, parse_query_line
+from .rawdata import (INPUT_FILES, input_names, parse_collection_line, parse_data_type, parse_qrels_line,
+                      parse_query_line)
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The released DRhard checkpoints were trained on token ids produced by
 transformers 2.8.0 ``RobertaTokenizer.from_pretrained(path, do_lower_case=True)``
 and ``encode(text, add_special_tokens=True, max_length=L)``.  That code path
-(SPEC section 3) differs from a modern fast RoBERTa tokenizer at the edges, so
+(what the original ``preprocess.py`` ran) differs from a modern fast RoBERTa tokenizer at the edges, so
 ``compat="drhard"`` reimplements its rules around a fast BPE engine:
 
 1. an empty text is an error (2.8.0 crashed on ``text[0]``);
@@ -20,7 +20,8 @@ and ``encode(text, add_special_tokens=True, max_length=L)``.  That code path
 6. each piece is pre-tokenized with the GPT-2 regex and byte-level BPE'd;
 7. the ids are cut to ``L - 2`` and wrapped in ``<s>`` ... ``</s>``.
 
-The BPE engine is ``tiktoken`` (fastest per core, see PERF-NOTES) built from
+The BPE engine is ``tiktoken`` (the fastest per core of the engines measured; ``bench/preprocess.py``
+times the whole preprocessing) built from
 ``merges.txt`` with merge order as ranks and mapped to ``vocab.json`` ids, or the
 HF ``tokenizers`` BPE model (``backend="tokenizers"``).  Both are checked against
 each other and against ids recorded from transformers 2.8.0 in the tests.

@@ -1,4 +1,5 @@
-"""drhard.losses against slow per-query / per-pair references written from SPEC §6 (values and gradients)."""
+"""drhard.losses against slow per-query / per-pair references written from the paper's equations and the
+original trainers' definitions (values and gradients)."""
 import math
 
 import numpy as np
@@ -44,7 +45,8 @@ def ref_randneg(q, d, rand, rand_mask):
 
 
 def ref_adore_lists(retrieved, rel_lists):
-    """One Python list of (pid, label) per query, straight from the SPEC sentence."""
+    """One Python list of (pid, label) per query, straight from the definition: the retrieved passages labelled
+    relevant or not, and, when none of a query's relevant passages was retrieved, all of them appended."""
     out = []
     for row, rel in zip(retrieved.tolist(), rel_lists):
         labels = [1 if (pid in rel and pid >= 0) else 0 for pid in row]
@@ -320,7 +322,7 @@ def test_adore_loss_matches_reference(B, K, D, metric_cut, fillers):
 
 
 def test_adore_metric_cut_none_is_no_cut_and_learns():
-    """The original's ``arr[None:] = 0`` zeroed every weight (SPEC §9); None must mean no cut."""
+    """The original's ``arr[None:] = 0`` zeroed every weight; None must mean no cut."""
     table, retrieved, rel_lists, q = adore_case(7, 4, 10, 5, 40, 0, None)
     ids, labels, valid = losses.build_adore_lists(retrieved, rel_lists)
     cand = losses.gather_candidate_embeddings(table.numpy(), ids, valid)

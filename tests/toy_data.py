@@ -1,4 +1,4 @@
-"""A toy MS MARCO (passage or doc layout, SPEC section 2) and a tiny RoBERTa-style tokenizer.
+"""A toy MS MARCO (passage or doc layout, docs/formats.md "Raw dataset") and a tiny RoBERTa-style tokenizer.
 
     from toy_data import make_toy_msmarco, make_tiny_tokenizer
     dataset_dir = make_toy_msmarco(tmp_path / "data", "passage")   # -> data/passage/dataset
