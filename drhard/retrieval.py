@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,11 +29,15 @@ import torch
 
 from . import index as dindex
 from .cli import naming_output
+from .device import resolve_device
 from .encode import embeddings_complete, embedding_size, encode_to_memmap, model_fingerprint, tokens_fingerprint
 from .errors import DataError, data_error
+from .finite import check_model_finite
 from .io import (PASSAGES, TokenCache, atomic_write, check_free_space, check_no_interrupted_commit, meta_path,
                  passage_embedding_path, passage_id_path, query_embedding_path, query_id_path, query_name, rank_path,
                  read_meta, remove_stale_tmp, save_array_memmap, token_memmap_path, token_prefix, write_rank)
+from .lineage import check_tokenizer_lineage
+from .model import RobertaDot
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,28 @@ def passage_count(preprocess_dir: str) -> Optional[int]:
 
 
 # --------------------------------------------------------------------------- checks before the long work
+@dataclass
+class Encoder:
+    """The model of an inference program and how it runs."""
+    model: RobertaDot
+    device: torch.device
+    batch_size: int  # per step, over every visible GPU (or the CPU)
+    tokenizer: dict  # the lineage record of its tokenizer (lineage.check_tokenizer_lineage)
+
+
+def load_encoder(model_dir: str, preprocess_dir: str, per_device_batch_size: int, no_cuda: bool = False,
+                 allow_tokenizer_mismatch: bool = False) -> Encoder:
+    """Load and check the model of an inference program before any encoding: its tokenizer made the token ids
+    of ``preprocess_dir`` (or ``allow_tokenizer_mismatch``), it loads, and no weight is NaN or infinite."""
+    tokenizer = check_tokenizer_lineage(preprocess_dir, model_dir, allow_tokenizer_mismatch)
+    device = resolve_device(no_cuda)
+    model = RobertaDot.from_pretrained(model_dir)
+    check_model_finite(model, model_dir)
+    batch_size = total_batch_size(per_device_batch_size, device)
+    logger.info("model %s on %s, batch size %d", model_dir, device, batch_size)
+    return Encoder(model, device, batch_size, tokenizer)
+
+
 def open_token_cache(preprocess_dir: str, name: str) -> TokenCache:
     """The preprocess token cache ``name``, fully checked (meta, memmap size, lengths); an empty one is an error.
 

@@ -82,6 +82,12 @@ class Options:
 
 
 # --------------------------------------------------------------------------- what this machine has
+def require(skip_reason: Optional[str]) -> None:
+    """Skip the running check when ``skip_reason`` (one of the ``*_skip_reason`` below) says it cannot run here."""
+    if skip_reason:
+        raise Skip(skip_reason)
+
+
 def cuda_skip_reason() -> Optional[str]:
     """None when a CUDA GPU is usable, else why not."""
     if torch.cuda.is_available():
@@ -222,13 +228,9 @@ def star_batch(B: int, seed: int, hard_num: int = HARD_NUM, vocab: int = VOCAB, 
 
 
 def _pad(rows: Sequence[Sequence[int]]):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), 1, dtype=torch.long)  # (n, L)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (n, L)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    """Token ids and attention mask (n, L), padded with RoBERTa's pad id 1 (``dataset.pad_batch``)."""
+    from .dataset import pad_batch
+    return pad_batch(rows, 1)
 
 
 def share_tensors(batch: dict, rows: slice, device: torch.device = torch.device("cpu")) -> dict:
@@ -387,9 +389,7 @@ def check_gloo_ddp(opts: Options) -> str:
 
 def _encode_on_cuda(precision: str) -> str:
     from .encode import encode_cache
-    why = cuda_skip_reason()
-    if why:
-        raise Skip(why)
+    require(cuda_skip_reason())
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise Skip(f"{torch.cuda.get_device_name(0)} has no bf16 support")
     model = tiny_model().eval()
@@ -471,9 +471,7 @@ def star_step(device: torch.device, precision: str, seed: int = 7, max_tries: in
 
 
 def _star_step_on_cuda(precision: str) -> str:
-    why = cuda_skip_reason()
-    if why:
-        raise Skip(why)
+    require(cuda_skip_reason())
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise Skip(f"{torch.cuda.get_device_name(0)} has no bf16 support")
     r = star_step(torch.device("cuda", 0), precision)
@@ -520,16 +518,12 @@ def _faiss_gpu_vs_cpu(gpus: List[int], n: int) -> str:
 
 
 def check_faiss_gpu_single(opts: Options) -> str:
-    why = faiss_gpu_skip_reason(1)
-    if why:
-        raise Skip(why)
+    require(faiss_gpu_skip_reason(1))
     return _faiss_gpu_vs_cpu([0], 4000)
 
 
 def check_faiss_gpu_sharded(opts: Options) -> str:
-    why = faiss_gpu_skip_reason(2)
-    if why:
-        raise Skip(why)
+    require(faiss_gpu_skip_reason(2))
     return _faiss_gpu_vs_cpu([0, 1], 4001)  # odd: the shards hold 2001 and 2000 rows
 
 
@@ -544,9 +538,7 @@ class _Records(logging.Handler):
 
 def check_faiss_gpu_fallback(opts: Options) -> str:
     """An index too large for the GPU's free memory is built on the CPU, with a warning, with the same results."""
-    why = faiss_gpu_skip_reason(1)
-    if why:
-        raise Skip(why)
+    require(faiss_gpu_skip_reason(1))
     import faiss
     from unittest import mock
 
@@ -619,9 +611,7 @@ def adore_step(device: torch.device, gpus: Optional[List[int]], seed: int = 11) 
 
 
 def check_adore_gpu_index(opts: Options) -> str:
-    why = faiss_gpu_skip_reason(1)
-    if why:
-        raise Skip(why)
+    require(faiss_gpu_skip_reason(1))
     r = adore_step(torch.device("cuda", 0), [0])
     if r["on_cpu"]:
         raise CheckFailed("build_index(gpus=[0]) fell back to the CPU (see the log: --verbose)")
@@ -636,18 +626,14 @@ def check_adore_gpu_index(opts: Options) -> str:
 
 
 def check_nccl_ddp(opts: Options) -> str:
-    why = gpus_skip_reason(2)
-    if why:
-        raise Skip(why)
+    require(gpus_skip_reason(2))
     if not torch.distributed.is_nccl_available():
         raise Skip("this torch build has no NCCL backend")
     return _ddp_equivalence("cuda", 1e-3)
 
 
 def check_torch_flat_index_gpu(opts: Options) -> str:
-    why = cuda_skip_reason()
-    if why:
-        raise Skip(why)
+    require(cuda_skip_reason())
     from .exact_search import TorchFlatIndex
     x, q, k = _rng_matrix(5000, 64, 12), _rng_matrix(50, 64, 13), 30
     ref_s, ref_i = brute_force_topk(x, q, k)

@@ -4,6 +4,7 @@ skip of ``gpu`` tests where no GPU is usable (markers: setup.cfg).
 GPUs are not hidden from the tests (the ``gpu`` tests need them); a subprocess that must run on the CPU
 gets ``cpu_env()``."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,22 @@ def shared_path(*parts) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """One tiny preprocess folder with its hard.json and init model (tests/tinyprep.py), made once."""
+    from tinyprep import make_tiny_preprocess
+    return make_tiny_preprocess(tmp_path_factory.mktemp("tiny") / "t")["root"]
+
+
+@pytest.fixture
+def tiny(tiny_base, tmp_path) -> dict:
+    """A copy of ``tiny_base`` for one test (which may change its files): the paths ``preprocess``, ``hard``,
+    ``init`` and ``root``."""
+    root = tmp_path / "t"
+    shutil.copytree(tiny_base, root)
+    return {"preprocess": root / "preprocess", "hard": root / "hard.json", "init": root / "init", "root": root}
 
 
 def cpu_env(**extra) -> dict:

@@ -81,13 +81,17 @@ def make_batch(B: int, seed: int) -> dict:
 
 
 def pad(rows: Sequence[Sequence[int]]):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), 1, dtype=torch.long)  # (n, L)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (n, L)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    """Token ids and attention mask (n, L), padded with RoBERTa's pad id 1."""
+    from drhard.dataset import pad_batch
+    return pad_batch(rows, 1)
+
+
+def checkpointing_on(backbone) -> bool:
+    """Whether activation checkpointing is on (transformers 5's name; the old one, a deprecated alias there,
+    on older versions)."""
+    if hasattr(type(backbone), "is_activation_checkpointing"):
+        return bool(backbone.is_activation_checkpointing)
+    return bool(getattr(backbone, "is_gradient_checkpointing", False))
 
 
 def batch_tensors(batch: dict, rows: slice) -> dict:
@@ -145,6 +149,18 @@ def grads_of(model) -> Dict[str, np.ndarray]:
             for n, p in model.named_parameters()}
 
 
+def finish_step(model, opt, loss, out: dict) -> None:
+    """After one step's backward (both sides): keep the first step's gradients and every loss, then clip and
+    update (``opt`` None: no update)."""
+    if out["grads"] is None:
+        out["grads"] = grads_of(model)
+    out["loss"].append(loss.item())
+    if opt is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.zero_grad(set_to_none=True)
+
+
 def params_of(model) -> Dict[str, np.ndarray]:
     return {n: p.detach().double().cpu().numpy().copy() for n, p in model.named_parameters()}
 
@@ -177,13 +193,7 @@ def reference_dense(negative_type, B, seed, steps=1, optimizer=None, lr=1e-3, sh
             total = total + part
         loss = total / len(parts)
         loss.backward()
-        if out["grads"] is None:
-            out["grads"] = grads_of(model)
-        out["loss"].append(loss.item())
-        if opt is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        model.zero_grad(set_to_none=True)
+        finish_step(model, opt, loss, out)
     out["params"] = params_of(model)
     return out
 
@@ -267,15 +277,9 @@ def scenario_dense(negative_type: str, scope: str, B: int, seed: int, steps: int
         n = ddp(inputs["neg_ids"], inputs["neg_mask"]) if negative_type != "inbatch" else None  # (b*h, D)
         loss = losses.training_loss(negative_type, q, d, n, inputs, scope=scope)
         loss.backward()
-        if out["grads"] is None:
-            out["grads"] = grads_of(model)
-        out["loss"].append(loss.item())
         out["rows"] = (rows.start, rows.stop)
-        out["checkpointing"] = bool(getattr(model.backbone, "is_gradient_checkpointing", False))
-        if opt is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        model.zero_grad(set_to_none=True)
+        out["checkpointing"] = checkpointing_on(model.backbone)
+        finish_step(model, opt, loss, out)
     out["params"] = params_of(model)
     return out
 

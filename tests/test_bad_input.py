@@ -30,7 +30,7 @@ from drhard.model import ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import command, cpu_env  # noqa: E402
-from tinyprep import REPO, make_tiny_preprocess  # noqa: E402
+from tinyprep import REPO  # noqa: E402
 
 def script(name: str):
     return command(name)
@@ -53,18 +53,6 @@ def run_main(name: str, argv, capsys):
 
 def files_under(path: Path):
     return sorted(p.name for p in path.rglob("*") if p.is_file()) if path.exists() else []
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_tiny_preprocess(tmp_path_factory.mktemp("base") / "t")["root"]
-
-
-@pytest.fixture
-def tiny(base, tmp_path):
-    root = tmp_path / "t"
-    shutil.copytree(base, root)
-    return {"pre": root / "preprocess", "hard": root / "hard.json", "init": root / "init", "root": root}
 
 
 def assert_error(rc, msg, path, line=None):
@@ -216,11 +204,11 @@ def test_cvt_back_rejects(tiny, capsys, monkeypatch, content, line, what, pre_fn
     inp.mkdir()
     (inp / "train.rank.tsv").write_bytes(content)
     if pre_fn:
-        pre_fn(tiny["pre"])
+        pre_fn(tiny["preprocess"])
     out = tiny["root"] / "out"
-    rc, msg = run_main("cvt_back.py", ["--input_dir", inp, "--preprocess_dir", tiny["pre"], "--mode", "train",
+    rc, msg = run_main("cvt_back.py", ["--input_dir", inp, "--preprocess_dir", tiny["preprocess"], "--mode", "train",
                                        "--output_dir", out, "--dataset", "passage", "--output_format", "both"], capsys)
-    path = inp / "train.rank.tsv" if pre_fn is None else tiny["pre"]
+    path = inp / "train.rank.tsv" if pre_fn is None else tiny["preprocess"]
     assert_error(rc, msg, path, line)
     assert what in msg
     assert files_under(out) == []
@@ -233,7 +221,7 @@ def test_cvt_back_refuses_to_overwrite(tiny, capsys):
     out.mkdir()
     (inp / "train.rank.tsv").write_text("0\t1\t1\n")
     (out / "train.rank.tsv").write_text("keep\n")
-    rc, msg = run_main("cvt_back.py", ["--input_dir", inp, "--preprocess_dir", tiny["pre"], "--mode", "train",
+    rc, msg = run_main("cvt_back.py", ["--input_dir", inp, "--preprocess_dir", tiny["preprocess"], "--mode", "train",
                                        "--output_dir", out, "--dataset", "passage"], capsys)
     assert rc != 0 and "already exists" in msg
     assert (out / "train.rank.tsv").read_text() == "keep\n"
@@ -242,7 +230,7 @@ def test_cvt_back_refuses_to_overwrite(tiny, capsys):
 # --------------------------------------------------------------------------- star/train.py
 def star_train(t, capsys, *extra):
     return run_main("star/train.py", ["--do_train", "--max_query_length", 8, "--max_doc_length", 16,
-                                      "--preprocess_dir", t["pre"], "--hardneg_path", t["hard"],
+                                      "--preprocess_dir", t["preprocess"], "--hardneg_path", t["hard"],
                                       "--init_path", t["init"], "--output_dir", t["root"] / "out",
                                       "--logging_dir", t["root"] / "log", "--max_steps", 1,
                                       "--per_device_train_batch_size", 4, "--report_to", "none", *extra], capsys)
@@ -317,9 +305,9 @@ PRE_CASES = [  # (mutation of the preprocess folder, file named, line, message)
 
 @pytest.mark.parametrize("mutate,name,line,what", PRE_CASES)
 def test_star_train_rejects_preprocess_folder(tiny, capsys, mutate, name, line, what):
-    mutate(tiny["pre"])
+    mutate(tiny["preprocess"])
     rc, msg = star_train(tiny, capsys)
-    assert_error(rc, msg, tiny["pre"] / name, line)
+    assert_error(rc, msg, tiny["preprocess"] / name, line)
     assert what in msg
     assert not (tiny["root"] / "out").exists()
 
@@ -377,7 +365,7 @@ def test_inference_rejects_model_dir(tiny, capsys, mutate, name, what, name_scri
     mutate(tiny["init"])
     out = tiny["root"] / "inf"
     rc, msg = run_main(name_script, ["--data_type", "passage", "--mode", "train", "--model_path", tiny["init"],
-                                     "--preprocess_dir", tiny["pre"], "--output_dir", out], capsys)
+                                     "--preprocess_dir", tiny["preprocess"], "--output_dir", out], capsys)
     assert_error(rc, msg, tiny["init"] / name if name else tiny["init"])
     assert what in msg
     assert files_under(out) == []
@@ -385,22 +373,22 @@ def test_inference_rejects_model_dir(tiny, capsys, mutate, name, what, name_scri
 
 @pytest.mark.parametrize("mutate,name,line,what", [PRE_CASES[0], PRE_CASES[1], PRE_CASES[3], PRE_CASES[6]])
 def test_star_inference_rejects_preprocess_folder(tiny, capsys, mutate, name, line, what):
-    mutate(tiny["pre"])
+    mutate(tiny["preprocess"])
     out = tiny["root"] / "inf"
     rc, msg = run_main("star/inference.py", ["--data_type", "passage", "--mode", "train", "--model_path",
-                                             tiny["init"], "--preprocess_dir", tiny["pre"], "--output_dir", out],
+                                             tiny["init"], "--preprocess_dir", tiny["preprocess"], "--output_dir", out],
                        capsys)
-    assert_error(rc, msg, tiny["pre"] / name, line)
+    assert_error(rc, msg, tiny["preprocess"] / name, line)
     assert what in msg
     assert [f for f in files_under(out) if "passages" in f or "rank" in f] == []
 
 
 def test_prepare_hardneg_rejects_bad_train_qrels_before_encoding(tiny, capsys):
-    PRE_CASES[10][0](tiny["pre"])
+    PRE_CASES[10][0](tiny["preprocess"])
     out = tiny["root"] / "warm"
     rc, msg = run_main("star/prepare_hardneg.py", ["--data_type", "passage", "--model_path", tiny["init"],
-                                                   "--preprocess_dir", tiny["pre"], "--output_dir", out], capsys)
-    assert_error(rc, msg, tiny["pre"] / "train-qrel.tsv", 49)
+                                                   "--preprocess_dir", tiny["preprocess"], "--output_dir", out], capsys)
+    assert_error(rc, msg, tiny["preprocess"] / "train-qrel.tsv", 49)
     assert files_under(out) == []
 
 
@@ -410,7 +398,7 @@ def test_star_inference_cli_prints_one_error_line(tiny):
     os.remove(tiny["init"] / "model.safetensors")
     env = cpu_env()
     p = subprocess.run([sys.executable, str(REPO / "star/inference.py"), "--data_type", "passage", "--mode",
-                        "train", "--model_path", str(tiny["init"]), "--preprocess_dir", str(tiny["pre"]),
+                        "train", "--model_path", str(tiny["init"]), "--preprocess_dir", str(tiny["preprocess"]),
                         "--output_dir", str(tiny["root"] / "inf")], capture_output=True, text=True, env=env)
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
@@ -433,7 +421,7 @@ def test_adore_train_rejects_passage_embeddings(tiny, capsys, write, what):
     write(emb)
     save = tiny["root"] / "save"
     rc, msg = run_main("adore/train.py", ["--init_path", tiny["init"], "--pembed_path", emb, "--model_save_dir", save,
-                                          "--log_dir", tiny["root"] / "log", "--preprocess_dir", tiny["pre"],
+                                          "--log_dir", tiny["root"] / "log", "--preprocess_dir", tiny["preprocess"],
                                           "--max_steps", 1, "--per_gpu_batch_size", 4, "--neg_topk", 10], capsys)
     assert_error(rc, msg, emb)
     assert what in msg
@@ -446,11 +434,11 @@ def test_adore_train_rejects_passage_embeddings(tiny, capsys, write, what):
 def test_adore_train_rejects_preprocess_and_model(tiny, capsys, mutate, name, line, what):
     emb = tiny["root"] / "p.memmap"
     np.random.rand(200, 32).astype(np.float32).tofile(emb)
-    target = tiny["init"] if "bidirectional" in what else tiny["pre"]
+    target = tiny["init"] if "bidirectional" in what else tiny["preprocess"]
     mutate(target)
     save = tiny["root"] / "save"
     rc, msg = run_main("adore/train.py", ["--init_path", tiny["init"], "--pembed_path", emb, "--model_save_dir", save,
-                                          "--log_dir", tiny["root"] / "log", "--preprocess_dir", tiny["pre"],
+                                          "--log_dir", tiny["root"] / "log", "--preprocess_dir", tiny["preprocess"],
                                           "--max_steps", 1, "--per_gpu_batch_size", 4, "--neg_topk", 10], capsys)
     assert_error(rc, msg, target / name if name else target, line)
     assert what in msg
@@ -463,7 +451,7 @@ def test_adore_inference_rejects_dmemmap(tiny, capsys, write, what):
     write(emb)
     out = tiny["root"] / "ainf"
     rc, msg = run_main("adore/inference.py", ["--model_dir", tiny["init"], "--output_dir", out, "--preprocess_dir",
-                                              tiny["pre"], "--mode", "train", "--dmemmap_path", emb], capsys)
+                                              tiny["preprocess"], "--mode", "train", "--dmemmap_path", emb], capsys)
     assert_error(rc, msg, emb)
     assert what in msg
     assert files_under(out) == []
@@ -496,7 +484,7 @@ def test_bm25_hardneg_rejects_raw_dataset(tiny, capsys, file, append, line, what
             f.write(append)
     out = tiny["root"] / "bm25"
     rc, msg = run_main("star/bm25_hardneg.py", ["--data_type", "passage", "--data_dir", data, "--preprocess_dir",
-                                                tiny["pre"], "--output_dir", out, "--topk", 5], capsys)
+                                                tiny["preprocess"], "--output_dir", out, "--topk", 5], capsys)
     assert_error(rc, msg, data / file, line)
     assert what is None or what in msg
     assert files_under(out) == []
@@ -508,7 +496,7 @@ def test_bm25_hardneg_rejects_missing_queries(tiny, capsys):
     (data / "queries.train.tsv").write_text("".join(lines[:-2]))
     out = tiny["root"] / "bm25"
     rc, msg = run_main("star/bm25_hardneg.py", ["--data_type", "passage", "--data_dir", data, "--preprocess_dir",
-                                                tiny["pre"], "--output_dir", out], capsys)
+                                                tiny["preprocess"], "--output_dir", out], capsys)
     assert_error(rc, msg, data / "queries.train.tsv")
     assert "2 train queries" in msg
     assert files_under(out) == []
@@ -621,49 +609,46 @@ def _expected_rank(rows):
     return OrderedDict((q, [p for _, p in sorted(v)]) for q, v in out.items())
 
 
+@pytest.mark.parametrize("read,ncols,expected", [(dio.read_offset_qrels, 4, _expected_qrels),
+                                                  (dio.read_rank, 3, _expected_rank)],
+                         ids=["read_offset_qrels", "read_rank"])
 @PROPS
-@given(data=line_files(4))
-def test_property_read_offset_qrels(tmp_path, data):
-    path = tmp_path / "qrels.tsv"
+@given(draw=st.data())
+def test_property_io_line_readers(tmp_path, read, ncols, expected, draw):
+    data = draw.draw(line_files(ncols))
+    path = tmp_path / "lines.tsv"
     path.write_bytes(data)
-    _check(path, dio.read_offset_qrels, 4, _expected_qrels, data)
+    _check(path, read, ncols, expected, data)
 
 
-@PROPS
-@given(data=line_files(3))
-def test_property_read_rank(tmp_path, data):
-    path = tmp_path / "run.tsv"
+def _read_or_refuse(tmp_path, data: bytes, read):
+    """``list(read(path))`` of ``data`` written to a file, or None when ``read`` raised a ``DataError`` that
+    names the file and one of its lines."""
+    path = tmp_path / "raw.tsv"
     path.write_bytes(data)
-    _check(path, dio.read_rank, 3, _expected_rank, data)
+    try:
+        return list(read(str(path)))
+    except DataError as e:
+        assert str(e).startswith(f"{path}:"), str(e)
+        line = int(str(e)[len(str(path)) + 1:].split(":")[0])
+        assert 1 <= line <= data.count(b"\n") + 1
+        return None
 
 
 @PROPS
 @given(data=line_files(2))
 def test_property_rawdata_read_queries(tmp_path, data):
-    path = tmp_path / "queries.tsv"
-    path.write_bytes(data)
-    try:
-        got = list(rawdata.read_queries(str(path)))
-    except DataError as e:
-        assert str(e).startswith(f"{path}:"), str(e)
-        line = int(str(e)[len(str(path)) + 1:].split(":")[0])
-        assert 1 <= line <= data.count(b"\n") + 1
-        return
-    assert all(isinstance(q, int) and isinstance(t, str) and "\r" not in t for q, t in got)
-    assert len(got) == len(data.splitlines())
+    got = _read_or_refuse(tmp_path, data, rawdata.read_queries)
+    if got is not None:
+        assert all(isinstance(q, int) and isinstance(t, str) and "\r" not in t for q, t in got)
+        assert len(got) == len(data.splitlines())
 
 
 @PROPS
 @given(data=line_files(4))
 def test_property_rawdata_read_collection_doc(tmp_path, data):
-    path = tmp_path / "docs.tsv"
-    path.write_bytes(data)
-    try:
-        got = list(rawdata.read_collection(str(path), "doc"))
-    except DataError as e:
-        assert str(e).startswith(f"{path}:") and str(e)[len(str(path)) + 1].isdigit(), str(e)
-        return
-    assert got == []  # no generated id carries the D prefix: any line is an error
+    got = _read_or_refuse(tmp_path, data, lambda path: rawdata.read_collection(path, "doc"))
+    assert got in (None, [])  # no generated id carries the D prefix: any line is an error
 
 
 @PROPS

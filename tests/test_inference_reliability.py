@@ -26,7 +26,7 @@ from drhard.errors import NonFiniteError
 from drhard.io import TokenCache, length_path, token_memmap_path, write_meta
 from drhard.model import build_tiny_roberta
 from conftest import command
-from tinyprep import make_tiny_preprocess, run_script, spread
+from tinyprep import run_script, spread
 
 CPU = torch.device("cpu")
 
@@ -54,18 +54,6 @@ def files_under(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_tiny_preprocess(tmp_path_factory.mktemp("reliab") / "t")["root"]
-
-
-@pytest.fixture
-def tiny(base, tmp_path):
-    root = tmp_path / "t"
-    shutil.copytree(base, root)
-    return {"pre": root / "preprocess", "init": root / "init", "root": root}
-
-
 @pytest.fixture
 def encodes(monkeypatch):
     """Counts the batches encoded (a check 'before the long work' must leave it at 0)."""
@@ -76,17 +64,17 @@ def encodes(monkeypatch):
 
 
 def star_inference(t, *extra, out=None):
-    return ["--data_type", "passage", "--mode", "train", "--model_path", t["init"], "--preprocess_dir", t["pre"],
+    return ["--data_type", "passage", "--mode", "train", "--model_path", t["init"], "--preprocess_dir", t["preprocess"],
             "--output_dir", out or t["root"] / "inf", "--max_doc_length", 24, *extra]
 
 
 def prepare_hardneg(t, *extra, out=None):
-    return ["--data_type", "passage", "--model_path", t["init"], "--preprocess_dir", t["pre"],
+    return ["--data_type", "passage", "--model_path", t["init"], "--preprocess_dir", t["preprocess"],
             "--output_dir", out or t["root"] / "hn", "--max_doc_length", 24, "--topk", 3, *extra]
 
 
 def adore_inference(t, dmem, *extra, out=None):
-    return ["--model_dir", t["init"], "--output_dir", out or t["root"] / "ad", "--preprocess_dir", t["pre"],
+    return ["--model_dir", t["init"], "--output_dir", out or t["root"] / "ad", "--preprocess_dir", t["preprocess"],
             "--mode", "train", "--dmemmap_path", dmem, *extra]
 
 
@@ -239,7 +227,7 @@ def empty_query_set(pre, name="train-query"):
 @pytest.mark.parametrize("name", ["star/inference.py", "star/prepare_hardneg.py", "adore/inference.py"])
 def test_an_empty_query_set_is_a_clear_error_before_encoding(tiny, capsys, encodes, name):
     """Before: star/inference encoded the whole corpus, then died with ValueError: cannot mmap an empty file."""
-    memmap = empty_query_set(tiny["pre"])
+    memmap = empty_query_set(tiny["preprocess"])
     argv = {"star/inference.py": star_inference(tiny), "star/prepare_hardneg.py": prepare_hardneg(tiny),
             "adore/inference.py": adore_inference(tiny, passage_embeddings(tiny))}[name]
     rc, err = call(name, argv, capsys)
@@ -250,7 +238,7 @@ def test_an_empty_query_set_is_a_clear_error_before_encoding(tiny, capsys, encod
 
 @pytest.mark.parametrize("name", ["star/inference.py", "star/prepare_hardneg.py"])
 def test_a_truncated_query_memmap_is_reported_before_any_passage_is_encoded(tiny, capsys, encodes, name):
-    with open(tiny["pre"] / "train-query.memmap", "r+b") as f:
+    with open(tiny["preprocess"] / "train-query.memmap", "r+b") as f:
         f.truncate(100)
     argv = star_inference(tiny) if name == "star/inference.py" else prepare_hardneg(tiny)
     rc, err = call(name, argv, capsys)
@@ -259,17 +247,17 @@ def test_a_truncated_query_memmap_is_reported_before_any_passage_is_encoded(tiny
 
 
 def test_prepare_hardneg_reads_the_evaluated_qrels_before_encoding(tiny, capsys, encodes):
-    shutil.copy(tiny["pre"] / "train-query.memmap", tiny["pre"] / "dev-query.memmap")
-    shutil.copy(tiny["pre"] / "train-query_meta", tiny["pre"] / "dev-query_meta")
-    shutil.copy(tiny["pre"] / "train-query_length.npy", tiny["pre"] / "dev-query_length.npy")
-    (tiny["pre"] / "dev-qrel.tsv").write_text("0\t0\t5\t1\n1\t0\tx\t1\n")
+    shutil.copy(tiny["preprocess"] / "train-query.memmap", tiny["preprocess"] / "dev-query.memmap")
+    shutil.copy(tiny["preprocess"] / "train-query_meta", tiny["preprocess"] / "dev-query_meta")
+    shutil.copy(tiny["preprocess"] / "train-query_length.npy", tiny["preprocess"] / "dev-query_length.npy")
+    (tiny["preprocess"] / "dev-qrel.tsv").write_text("0\t0\t5\t1\n1\t0\tx\t1\n")
     rc, err = call("star/prepare_hardneg.py", prepare_hardneg(tiny, "--mode", "dev"), capsys)
-    assert rc == 1 and one_error(err).startswith(f"error: {tiny['pre'] / 'dev-qrel.tsv'}:2:")
+    assert rc == 1 and one_error(err).startswith(f"error: {tiny['preprocess'] / 'dev-qrel.tsv'}:2:")
     assert encodes == []
 
 
 def test_prepare_hardneg_checks_train_qrels_offsets_before_encoding(tiny, capsys, encodes):
-    with open(tiny["pre"] / "train-qrel.tsv", "a") as f:
+    with open(tiny["preprocess"] / "train-qrel.tsv", "a") as f:
         f.write("3\t0\t200\t1\n")  # passage offset 200 of 200 passages
     rc, err = call("star/prepare_hardneg.py", prepare_hardneg(tiny), capsys)
     assert rc == 1 and "passage offsets [200] are not rows of passages" in one_error(err)
@@ -369,7 +357,7 @@ def test_numeric_flags_out_of_range_exit_2(tiny, capsys, encodes, name, flag, va
                                        ("adore/inference.py", "--model_dir"), ("adore/inference.py", "--output_dir"),
                                        ("adore/inference.py", "--dmemmap_path")])
 def test_a_path_of_the_wrong_kind_exits_2(tiny, capsys, name, flag):
-    a_file = tiny["pre"] / "train-qrel.tsv"
+    a_file = tiny["preprocess"] / "train-qrel.tsv"
     argv = {"star/inference.py": star_inference(tiny), "star/prepare_hardneg.py": prepare_hardneg(tiny),
             "adore/inference.py": adore_inference(tiny, passage_embeddings(tiny))}[name]
     wrong = tiny["root"] if flag == "--dmemmap_path" else a_file
@@ -387,14 +375,15 @@ def test_default_paths_of_the_wrong_kind_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_original_defaults_are_unchanged():
-    a = script("star/inference.py").parse_args(["--data_type", "passage", "--mode", "dev"])
+    a = script("star/inference.py").build_parser().parse_args(["--data_type", "passage", "--mode", "dev"])
     assert (a.max_query_length, a.max_doc_length, a.eval_batch_size, a.topk, a.faiss_gpus) == (32, 512, 32, 100, None)
     assert (a.model_path, a.output_dir) == (os.path.join(".", "data", "passage", "trained_models", "star"),
                                             os.path.join(".", "data", "passage", "evaluate", "star"))
-    a = script("star/prepare_hardneg.py").parse_args(["--data_type", "doc"])
+    a = script("star/prepare_hardneg.py").build_parser().parse_args(["--data_type", "doc"])
     assert (a.max_query_length, a.max_doc_length, a.eval_batch_size, a.topk, a.mode) == (32, 512, 128, 200, "train")
-    a = script("adore/inference.py").parse_args(["--model_dir", "m", "--output_dir", "o", "--preprocess_dir", "p",
-                                                 "--mode", "dev", "--dmemmap_path", "d"])
+    a = script("adore/inference.py").build_parser().parse_args(["--model_dir", "m", "--output_dir", "o",
+                                                                "--preprocess_dir", "p", "--mode", "dev",
+                                                                "--dmemmap_path", "d"])
     assert (a.topk, a.max_seq_length, a.pergpu_eval_batch_size, a.faiss_gpus) == (100, 64, 32, None)
 
 
@@ -410,7 +399,7 @@ def test_an_empty_dmemmap_is_a_clear_error_even_without_passages_meta(tiny, caps
     dmem = tiny["root"] / "empty.memmap"
     dmem.write_bytes(b"")
     for name in ("passages_meta",):  # no passage count to compare with
-        os.remove(tiny["pre"] / name)
+        os.remove(tiny["preprocess"] / name)
     rc, err = call("adore/inference.py", adore_inference(tiny, dmem), capsys)
     assert rc == 1 and one_error(err) == f"error: {dmem}: holds no passage embeddings (empty file)"
     assert encodes == []

@@ -241,5 +241,5 @@ def test_checkpointing_uses_the_current_transformers_api_and_is_on():
         warnings.simplefilter("error", FutureWarning)
         model.gradient_checkpointing_enable()
     backbone = model.backbone
-    on = getattr(backbone, "is_activation_checkpointing", None)
-    assert on if on is not None else backbone.is_gradient_checkpointing
+    assert (backbone.is_activation_checkpointing if hasattr(type(backbone), "is_activation_checkpointing")
+            else backbone.is_gradient_checkpointing)

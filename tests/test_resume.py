@@ -49,6 +49,15 @@ def frozen_pembed(tiny, tmp_path):
     return pembed
 
 
+def adore_args(tmp_path, seed, epochs, save_steps):
+    """adore/train.py's flags on a tiny folder made with ``seed`` and its init model's frozen index."""
+    tiny = make_tiny_preprocess(tmp_path, seed=seed)
+    return ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", frozen_pembed(tiny, tmp_path),
+            "--log_dir", tmp_path / "log", "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20,
+            "--per_gpu_batch_size", 8, "--num_train_epochs", epochs, "--warmup_steps", 2, "--learning_rate", 1e-3,
+            "--save_steps", save_steps, "--seed", seed]
+
+
 @pytest.fixture(scope="module")
 def star_full(tmp_path_factory):
     """An uninterrupted STAR run with the default flags (no --padding: the run's first 10 batches are padded to
@@ -104,12 +113,7 @@ def test_star_killed_at_a_random_moment_then_resumed_matches(tmp_path, star_full
 
 @pytest.mark.parametrize("seed", [1])
 def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
-    tiny = make_tiny_preprocess(tmp_path, seed=seed)
-    pembed = frozen_pembed(tiny, tmp_path)
-    args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
-            "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
-            "--num_train_epochs", 2, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 3,
-            "--seed", seed]
+    args = adore_args(tmp_path, seed, epochs=2, save_steps=3)
     run_script("adore/train.py", *args, "--model_save_dir", tmp_path / "full")
     out = tmp_path / "killed"
     kill_after = 3 * (seed + 1)
@@ -124,12 +128,7 @@ def test_adore_resume_after_kill_gives_identical_weights(tmp_path, seed):
 def test_adore_killed_at_a_random_point_then_resumed_matches(tmp_path, seed):
     """SIGKILL at a seeded random moment (maybe before any checkpoint), resume with 'auto', same weights."""
     import random
-    tiny = make_tiny_preprocess(tmp_path, seed=seed)
-    pembed = frozen_pembed(tiny, tmp_path)
-    args = ["--metric_cut", 20, "--init_path", tiny["init"], "--pembed_path", pembed, "--log_dir", tmp_path / "log",
-            "--preprocess_dir", tiny["preprocess"], "--neg_topk", 20, "--per_gpu_batch_size", 8,
-            "--num_train_epochs", 3, "--warmup_steps", 2, "--learning_rate", 1e-3, "--save_steps", 2,
-            "--seed", seed]
+    args = adore_args(tmp_path, seed, epochs=3, save_steps=2)
     t0 = time.time()
     run_script("adore/train.py", *args, "--model_save_dir", tmp_path / "full")
     full_time = time.time() - t0

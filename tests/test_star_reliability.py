@@ -23,23 +23,10 @@ from drhard.io import write_token_cache
 from drhard.model import RobertaDot
 from drhard.optim import Lamb, build_optimizer, param_groups
 from conftest import command
-from tinyprep import make_tiny_preprocess
 
 def script():
     """star/train.py's program (its parser and main)."""
     return command("star/train.py")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_tiny_preprocess(tmp_path_factory.mktemp("star") / "t")["root"]
-
-
-@pytest.fixture
-def tiny(base, tmp_path):
-    root = tmp_path / "t"
-    shutil.copytree(base, root)
-    return {"preprocess": root / "preprocess", "hard": root / "hard.json", "init": root / "init", "root": root}
 
 
 def argv(tiny, out, *extra):

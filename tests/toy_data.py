@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from drhard.rawdata import INPUT_FILES
+
 TOY_WORDS = (
     "the of and to in is for on with as by at from that this are was be or an it which can "
     "dense retrieval model query document passage search index vector embedding negative hard "
@@ -28,21 +30,6 @@ TOY_WORDS = (
 ).split()
 EXTRA_TEXTS = ("Hello World", "café naïve résumé", "ΣΑΣ straße", "numbers 1234 3.14 -42",
                "what is the <mask> of dense retrieval?", "quotes \"double\" 'single'")
-
-PASSAGE_FILES = {
-    "collection": "collection.tsv",
-    "train": ("queries.train.tsv", "qrels.train.tsv"),
-    "dev": ("queries.dev.small.tsv", "qrels.dev.small.tsv"),
-    "test": ("msmarco-test2019-queries.tsv", "2019qrels-pass.txt"),
-    "lead": ("queries.eval.small.tsv", None),
-}
-DOC_FILES = {
-    "collection": "msmarco-docs.tsv",
-    "train": ("msmarco-doctrain-queries.tsv", "msmarco-doctrain-qrels.tsv"),
-    "dev": ("msmarco-docdev-queries.tsv", "msmarco-docdev-qrels.tsv"),
-    "test": ("msmarco-test2019-queries.tsv", "2019qrels-docs.txt"),
-    "lead": ("docleaderboard-queries.tsv", None),
-}
 
 
 def _sentence(rng: random.Random, topic: Sequence[str], n: int) -> str:
@@ -67,7 +54,7 @@ def make_toy_msmarco(root: Path, kind: str = "passage", n_passages: int = 120, s
     counts = {"train": 30, "dev": 12, "test": 8, "lead": 8, **(n_queries or {})}
     out = Path(root) / kind / "dataset"
     out.mkdir(parents=True, exist_ok=True)
-    files = PASSAGE_FILES if kind == "passage" else DOC_FILES
+    files = INPUT_FILES[kind]
 
     n_topics = max(4, n_passages // 10)
     topics = [rng.sample(TOY_WORDS, 6) for _ in range(n_topics)]

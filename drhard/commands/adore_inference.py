@@ -26,16 +26,13 @@ import sys
 from typing import Optional, Sequence
 
 from ..cli import dir_path, file_path, int_at_least, run, setup_logging
-from ..device import resolve_device
 from ..encode import sidecar_path
-from ..finite import check_model_finite
 from ..io import PASSAGES, qembed_path, query_name, rank_path
-from ..lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
-from ..model import RobertaDot
-from ..retrieval import (check_embedding_space, embed_queries, open_passage_embeddings, open_token_cache,
-                         passage_count, passage_index, prepare_output_dir, search_index, total_batch_size,
+from ..lineage import preprocess_inputs, write_manifest
+from ..retrieval import (check_embedding_space, embed_queries, load_encoder, open_passage_embeddings,
+                         open_token_cache, passage_count, passage_index, prepare_output_dir, search_index,
                          write_offset_rank)
-from .flags import add_encoding_flags, add_mode, add_search_flags, add_tokenizer_mismatch_flag
+from .flags import add_encoding_flags, add_mode, add_search_flags
 
 logger = logging.getLogger(__name__)
 
@@ -51,35 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_flags(parser, topk_default=100)
     parser.add_argument("--max_seq_length", type=int_at_least(2), default=64, help="queries are cut to this many "
                         "tokens (<s> and </s> included)")
-    add_encoding_flags(parser, "pergpu_eval_batch_size", 32, no_cuda_help="encode on the CPU")
-    add_tokenizer_mismatch_flag(parser)
+    add_encoding_flags(parser, "pergpu_eval_batch_size", 32)
     return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     # every input is checked before the long work: query cache, model, passage embeddings (their values as the
     # index is filled), output folder
     queries = open_token_cache(args.preprocess_dir, query_name(args.mode))
-    tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_dir, args.allow_tokenizer_mismatch)
-    device = resolve_device(args.no_cuda)
-    model = RobertaDot.from_pretrained(args.model_dir)
-    check_model_finite(model, args.model_dir)
-    dim = model.output_embedding_size
-    p_emb = open_passage_embeddings(args.dmemmap_path, dim, passage_count(args.preprocess_dir))
-    batch_size = total_batch_size(args.pergpu_eval_batch_size, device)
+    enc = load_encoder(args.model_dir, args.preprocess_dir, args.pergpu_eval_batch_size, args.no_cuda,
+                       args.allow_tokenizer_mismatch)
+    p_emb = open_passage_embeddings(args.dmemmap_path, enc.model.output_embedding_size,
+                                    passage_count(args.preprocess_dir))
     qembed = qembed_path(args.output_dir, args.mode)
     prepare_output_dir(args.output_dir)
     max_query_length = args.max_seq_length  # the original's flag name for the query length
-    check_embedding_space(model, args.output_dir, [(qembed, queries, max_query_length)])
+    check_embedding_space(enc.model, args.output_dir, [(qembed, queries, max_query_length)])
     index = passage_index(p_emb, args.dmemmap_path, gpus=args.faiss_gpus)  # NaN/inf rows: refused here
-    q_emb = embed_queries(model, args.preprocess_dir, args.mode, max_query_length, batch_size, device, qembed,
-                          fp16=args.fp16, bf16=args.bf16)
+    q_emb = embed_queries(enc.model, args.preprocess_dir, args.mode, max_query_length, enc.batch_size, enc.device,
+                          qembed, fp16=args.fp16, bf16=args.bf16)
     _, poffsets = search_index(index, q_emb, args.topk)
     out = rank_path(args.output_dir, args.mode)
     write_offset_rank(out, poffsets)
@@ -88,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inputs = preprocess_inputs(args.preprocess_dir, [query])
     inputs.update({"dmemmap": args.dmemmap_path, "dmemmap_info": sidecar_path(args.dmemmap_path)})
     write_manifest(args.output_dir, f"adore-inference-{args.mode}", inputs, args=args, model_dir=args.model_dir,
-                   model=model, tokenizer=tokenizer, outputs={query: qembed, "rank": out},
+                   model=enc.model, tokenizer=enc.tokenizer, outputs={query: qembed, "rank": out},
                    rows={PASSAGES: len(p_emb), query: len(poffsets)})
     return 0
 

@@ -1,13 +1,14 @@
 """Flag groups that several commands share, defined once (names, defaults and help are the original's).
 
-- ``add_data_type_dirs`` / ``resolve_data_type_dirs``: ``--data_type passage|doc`` and folders that
-  default to ``./data/<data_type>/<sub folder>`` (star/inference.py, star/prepare_hardneg.py,
-  star/bm25_hardneg.py);
+- ``DataTypeParser`` (``add_data_type_dirs`` / ``resolve_data_type_dirs``): ``--data_type passage|doc``
+  and folders that default to ``./data/<data_type>/<sub folder>`` (star/inference.py,
+  star/prepare_hardneg.py, star/bm25_hardneg.py);
 - ``add_mode``: ``--mode`` (a query set of the preprocess folder);
-- ``add_encoding_flags``: the per-device batch size, ``--no_cuda``, ``--fp16``, ``--bf16`` of the
-  scripts that embed with a model (star/inference.py, star/prepare_hardneg.py, adore/inference.py);
-- ``add_search_flags``: ``--topk`` and ``--faiss_gpus`` (star/inference.py, adore/inference.py);
-- ``add_tokenizer_mismatch_flag``: ``--allow_tokenizer_mismatch``.
+- ``add_lengths``: ``--max_query_length`` / ``--max_doc_length`` (star/inference.py, star/prepare_hardneg.py);
+- ``add_encoding_flags``: the per-device batch size, ``--no_cuda``, ``--fp16``, ``--bf16`` and
+  ``--allow_tokenizer_mismatch`` of the scripts that embed with a model (star/inference.py,
+  star/prepare_hardneg.py, adore/inference.py);
+- ``add_search_flags``: ``--topk`` and ``--faiss_gpus`` (star/inference.py, adore/inference.py).
 """
 from __future__ import annotations
 
@@ -48,9 +49,17 @@ def resolve_data_type_dirs(parser: argparse.ArgumentParser, args: argparse.Names
     return args
 
 
-def parse_with_dirs(parser: argparse.ArgumentParser, argv, dirs: Dict[str, Tuple[str, str]]) -> argparse.Namespace:
-    """Parse ``argv`` and fill in the folders of ``add_data_type_dirs``."""
-    return resolve_data_type_dirs(parser, parser.parse_args(argv), dirs)
+class DataTypeParser(argparse.ArgumentParser):
+    """A parser with ``--data_type`` and folder flags that default to ``./data/<data_type>/<sub folder>``
+    (``add_data_type_dirs``); its ``parse_args`` fills them in (``resolve_data_type_dirs``)."""
+
+    def __init__(self, dirs: Dict[str, Tuple[str, str]], data_type=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dirs = dirs
+        add_data_type_dirs(self, dirs, data_type)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's
+        return resolve_data_type_dirs(self, super().parse_args(args, namespace), self.dirs)
 
 
 def add_mode(parser: argparse.ArgumentParser, default: Optional[str] = None, help: Optional[str] = None) -> None:
@@ -58,13 +67,23 @@ def add_mode(parser: argparse.ArgumentParser, default: Optional[str] = None, hel
                         help=help)
 
 
-def add_encoding_flags(parser: argparse.ArgumentParser, batch_flag: str = "eval_batch_size", batch_default: int = 32,
-                       no_cuda_help: Optional[str] = None) -> None:
+def add_lengths(parser: argparse.ArgumentParser) -> None:
+    """``--max_query_length`` / ``--max_doc_length``: tokens kept per query / passage when encoding."""
+    parser.add_argument("--max_query_length", type=int_at_least(2), default=32)
+    parser.add_argument("--max_doc_length", type=int_at_least(2), default=512)
+
+
+def add_encoding_flags(parser: argparse.ArgumentParser, batch_flag: str = "eval_batch_size",
+                       batch_default: int = 32) -> None:
+    """The per-device batch size, the device and precision, and ``--allow_tokenizer_mismatch``
+    (``drhard.retrieval.load_encoder`` takes them)."""
     parser.add_argument(f"--{batch_flag}", type=int_at_least(1), default=batch_default,
                         help="per GPU (or on the CPU)")
-    parser.add_argument("--no_cuda", action="store_true", help=no_cuda_help or "encode on the CPU")
+    parser.add_argument("--no_cuda", action="store_true", help="encode on the CPU")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast for encoding (GPU only)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for encoding (GPU only)")
+    parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                        help="encode even when the model's tokenizer differs from the one that made --preprocess_dir")
 
 
 def add_search_flags(parser: argparse.ArgumentParser, topk_default: int, faiss_gpus: bool = True) -> None:
@@ -72,9 +91,3 @@ def add_search_flags(parser: argparse.ArgumentParser, topk_default: int, faiss_g
     if faiss_gpus:
         parser.add_argument("--faiss_gpus", type=int_at_least(0), default=None, nargs="+",
                             help="GPU ids to shard the faiss index over (default: CPU)")
-
-
-def add_tokenizer_mismatch_flag(parser: argparse.ArgumentParser, what: str = "encode") -> None:
-    parser.add_argument(OVERRIDE_FLAG, action="store_true",
-                        help=f"{what} even when the model's tokenizer differs from the one that made "
-                        "--preprocess_dir")

@@ -20,7 +20,7 @@ from ..cli import int_at_least, run, setup_logging
 from ..io import qrel_path, rank_path
 from ..metrics import evaluate_run, format_report
 from ..rawdata import parse_data_type
-from .flags import add_data_type_dirs, add_mode, parse_with_dirs
+from .flags import DataTypeParser, add_mode
 
 DIRS = {"data_dir": ("dataset", ""), "preprocess_dir": ("preprocess", ""), "output_dir": ("bm25_retrieve", "")}
 
@@ -33,8 +33,8 @@ def _data_type(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_type_dirs(parser, DIRS, data_type=_data_type)
+    parser = DataTypeParser(DIRS, data_type=_data_type, description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode(parser, default="train")
     parser.add_argument("--topk", type=int_at_least(1), default=200, help="non-relevant passages kept per query")
     parser.add_argument("--k1", type=float, default=0.9)
@@ -43,13 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_with_dirs(build_parser(), argv, DIRS)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
-    a = parse_args(argv)
+    a = build_parser().parse_args(argv)
     mine_bm25_negatives(a.data_dir, a.data_type, a.preprocess_dir, a.output_dir, mode=a.mode, topk=a.topk, k1=a.k1,
                         b=a.b, threads=a.threads)
     if a.mode != "lead":

@@ -32,19 +32,15 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from ..cli import int_at_least, run, setup_logging
+from ..cli import run, setup_logging
 from ..dataset import check_qrels_offsets
-from ..device import resolve_device
-from ..finite import check_model_finite
 from ..index import visible_faiss_gpus
 from ..io import HARD_JSON, PASSAGES, hard_json_path, qrel_name, qrel_path, query_name, read_offset_qrels
-from ..lineage import check_tokenizer_lineage, preprocess_inputs, write_manifest
-from ..model import RobertaDot
-from ..retrieval import (check_not_preprocess_dir, dense_retrieval, dense_retrieval_outputs,
-                         evaluate_offsets, hard_negatives, open_token_cache, passage_count, prepare_output_dir,
-                         read_eval_qrels, total_batch_size, write_hard_json)
-from .flags import (add_data_type_dirs, add_encoding_flags, add_mode, add_search_flags, add_tokenizer_mismatch_flag,
-                    parse_with_dirs)
+from ..lineage import preprocess_inputs, write_manifest
+from ..retrieval import (check_not_preprocess_dir, dense_retrieval, dense_retrieval_outputs, evaluate_offsets,
+                         hard_negatives, load_encoder, open_token_cache, passage_count, prepare_output_dir,
+                         read_eval_qrels, write_hard_json)
+from .flags import DataTypeParser, add_encoding_flags, add_lengths, add_mode, add_search_flags
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +49,19 @@ DIRS = {"model_path": ("warmup", ""), "preprocess_dir": ("preprocess", ""), "out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_data_type_dirs(parser, DIRS)
-    parser.add_argument("--max_query_length", type=int_at_least(2), default=32)
-    parser.add_argument("--max_doc_length", type=int_at_least(2), default=512)
+    parser = DataTypeParser(DIRS, description=__doc__.split("\n")[0])
+    add_lengths(parser)
     add_mode(parser, default=HARD_MODE, help="query set to retrieve and evaluate (default train); hard.json always "
              "comes from the train queries")
     add_search_flags(parser, topk_default=200, faiss_gpus=False)
     parser.add_argument("--not_faiss_cuda", action="store_true", help="search on the CPU")
-    add_encoding_flags(parser, "eval_batch_size", 128, no_cuda_help="encode on the CPU")
-    add_tokenizer_mismatch_flag(parser)
+    add_encoding_flags(parser, "eval_batch_size", 128)
     return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_with_dirs(build_parser(), argv, DIRS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     modes = [args.mode] + ([HARD_MODE] if args.mode != HARD_MODE else [])
     # every input is checked before the long work: qrels, token caches, model, output folder
     train_qrels_file = qrel_path(args.preprocess_dir, HARD_MODE)
@@ -82,12 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_queries = {m: len(open_token_cache(args.preprocess_dir, query_name(m))) for m in modes}
     check_qrels_offsets(train_qrels_file, train_qrels, n_queries[HARD_MODE], n_passages)
     eval_qrels = {m: read_eval_qrels(qrel_path(args.preprocess_dir, m)) for m in modes}
-    tokenizer = check_tokenizer_lineage(args.preprocess_dir, args.model_path, args.allow_tokenizer_mismatch)
-    device = resolve_device(args.no_cuda)
-    model = RobertaDot.from_pretrained(args.model_path)
-    check_model_finite(model, args.model_path)
+    enc = load_encoder(args.model_path, args.preprocess_dir, args.eval_batch_size, args.no_cuda,
+                       args.allow_tokenizer_mismatch)
     prepare_output_dir(args.output_dir)
-    batch_size = total_batch_size(args.eval_batch_size, device)
     gpus = [] if args.not_faiss_cuda else visible_faiss_gpus()
     if args.mode != HARD_MODE:
         logger.info("--mode %s: retrieving %s queries for evaluation, and train queries for hard.json "
@@ -95,8 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     k = 100 if args.data_type == "doc" else 10
     outputs, rows = {}, {PASSAGES: passage_count(args.preprocess_dir)}
     for mode in modes:
-        poffsets = dense_retrieval(model, args.preprocess_dir, args.output_dir, mode, args.max_query_length,
-                                   args.max_doc_length, batch_size, device, args.topk + 10, faiss_gpus=gpus,
+        poffsets = dense_retrieval(enc.model, args.preprocess_dir, args.output_dir, mode, args.max_query_length,
+                                   args.max_doc_length, enc.batch_size, enc.device, args.topk + 10, faiss_gpus=gpus,
                                    fp16=args.fp16, bf16=args.bf16)
         outputs.update({f"{mode}:{label}": p for label, p in dense_retrieval_outputs(args.output_dir, mode).items()})
         rows[query_name(mode)] = len(poffsets)
@@ -118,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_manifest(args.output_dir, "prepare_hardneg",
                    preprocess_inputs(args.preprocess_dir, [PASSAGES] + [query_name(m) for m in modes],
                                      [qrel_name(m) for m in modes]),
-                   args=args, model_dir=args.model_path, model=model, tokenizer=tokenizer, outputs=outputs, rows=rows)
+                   args=args, model_dir=args.model_path, model=enc.model, tokenizer=enc.tokenizer, outputs=outputs,
+                   rows=rows)
     return 0
 
 
