@@ -13,9 +13,16 @@ status  meaning
 130     interrupted (Ctrl-C / SIGINT); outputs are left as they were
 ======  =====================================================================
 
-Scripts call ``sys.exit(run(main))``: ``main(argv)`` returns an int (or None for
-0) and raises a ``DrhardError`` (``drhard.errors``) or an ``OSError`` for the
-failures above.  Any other exception is a bug and keeps its traceback.
+Every program ends with ``sys.exit(run(main))`` (``console()`` of each module of
+``drhard.commands``; the README's "Exit statuses" shows this table to users):
+``main(argv)`` returns an int (or None for 0) and raises a ``DrhardError``
+(``drhard.errors``) or an ``OSError`` for the failures above.  Any other
+exception is a bug and keeps its traceback.
+
+The module also holds what every program's command line shares: argparse types
+that check ranges at the door (exit 2), the log format, and configurations
+declared once as dataclass fields that are also flags (``flag``,
+``add_dataclass_flags``, ``from_args``, ``check_flags``).
 """
 from __future__ import annotations
 
