@@ -5,10 +5,11 @@
   star/prepare_hardneg.py, star/bm25_hardneg.py);
 - ``add_mode``: ``--mode`` (a query set of the preprocess folder);
 - ``add_lengths``: ``--max_query_length`` / ``--max_doc_length`` (star/inference.py, star/prepare_hardneg.py);
-- ``add_encoding_flags``: the per-device batch size, ``--no_cuda``, ``--fp16``, ``--bf16`` and
-  ``--allow_tokenizer_mismatch`` of the scripts that embed with a model (star/inference.py,
-  star/prepare_hardneg.py, adore/inference.py);
-- ``add_search_flags``: ``--topk`` and ``--faiss_gpus`` (star/inference.py, adore/inference.py).
+- ``add_encoding_flags``: the per-device batch size, ``--no_cuda``, ``--fp16``, ``--bf16``,
+  ``--allow_tokenizer_mismatch`` and ``--embedding_dtype`` of the scripts that embed with a model
+  (star/inference.py, star/prepare_hardneg.py, adore/inference.py);
+- ``add_search_flags``: ``--topk``, ``--faiss_gpus`` (star/inference.py, adore/inference.py),
+  ``--exact_search`` and ``--search_chunk_rows`` (all three).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import os
 from typing import Dict, Optional, Tuple
 
 from ..cli import dir_path, int_at_least
-from ..io import MODES
+from ..io import EMBEDDING_DTYPES, MODES
 from ..lineage import OVERRIDE_FLAG
 
 DATA_TYPES = ("passage", "doc")
+SEARCH_MODES = ("auto", "faiss", "stream")
 
 
 def add_data_type_dirs(parser: argparse.ArgumentParser, dirs: Dict[str, Tuple[str, str]],
@@ -84,10 +86,23 @@ def add_encoding_flags(parser: argparse.ArgumentParser, batch_flag: str = "eval_
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for encoding (GPU only)")
     parser.add_argument(OVERRIDE_FLAG, action="store_true",
                         help="encode even when the model's tokenizer differs from the one that made --preprocess_dir")
+    parser.add_argument("--embedding_dtype", choices=list(EMBEDDING_DTYPES), default="float32",
+                        help="how embedding files are stored: float32 (default, the original's format) or float16 "
+                        "(half the disk; computed in float32, rounded when stored; recorded in <file>.info.json)")
 
 
 def add_search_flags(parser: argparse.ArgumentParser, topk_default: int, faiss_gpus: bool = True) -> None:
+    """``--topk``, ``--faiss_gpus`` (where asked), and how the exact search runs: ``--exact_search`` and
+    ``--search_chunk_rows`` (``drhard.retrieval.search_passages``)."""
     parser.add_argument("--topk", type=int_at_least(1), default=topk_default)
     if faiss_gpus:
         parser.add_argument("--faiss_gpus", type=int_at_least(0), default=None, nargs="+",
                             help="GPU ids to shard the faiss index over (default: CPU)")
+    parser.add_argument("--exact_search", choices=list(SEARCH_MODES), default="auto",
+                        help="faiss: an in-memory faiss index (on GPUs when asked); stream: read the passage "
+                        "embeddings from disk in chunks (exact, memory bounded by the chunk, for embeddings larger "
+                        "than RAM); auto (default): faiss when GPUs are asked or the index fits in the available "
+                        "memory, else stream")
+    parser.add_argument("--search_chunk_rows", type=int_at_least(1), default=None,
+                        help="rows per chunk of the streamed search (default: from the available memory, at most "
+                        "256 MB)")
