@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 from collections import OrderedDict
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -146,20 +148,29 @@ def sha256_file(path: str, ranges: Optional[Sequence[Tuple[int, int]]] = None) -
 
 
 # --------------------------------------------------------------------------- atomic writes
-def _tmp_name(path: str) -> str:
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names (``[A-Za-z0-9.]``, anything else ``_``)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "_"
+
+
+def _tmp_name(path: str, host: bool = False) -> str:
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.tmp-{os.getpid()}")
+    return os.path.join(d, f".{base}.tmp-{os.getpid()}" + (f"@{host_tag()}" if host else ""))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str, host: bool = False) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     For writers that want a file name (np.save, faiss, torch).  On any exception
-    the temporary file is removed and ``path`` is left as it was.
+    the temporary file is removed and ``path`` is left as it was.  ``host``: the
+    name also carries this machine's name (``.<name>.tmp-<pid>@<host>``), for a file
+    that processes of other machines write into too (sharded encoding on a shared
+    file system): ``remove_stale_tmp`` on another machine, where the pid means
+    nothing, leaves it alone.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = _tmp_name(path, host)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -206,13 +217,22 @@ def atomic_dir(path: str) -> Iterator[str]:
         raise
 
 
-def _writer_pid(name: str) -> Optional[int]:
-    """The pid in ``.<name>.tmp-<pid>[-XXXX]`` / ``.<name>.old-<pid>-XXXX``; None when there is none."""
+_WRITER = re.compile(r"(\d+)(?:@([A-Za-z0-9._]+))?(?:-|$)")
+
+
+def _writer(name: str) -> Tuple[Optional[int], Optional[str]]:
+    """``(pid, host)`` of ``.<name>.tmp-<pid>[@<host>][-XXXX]`` / ``.<name>.old-<pid>-XXXX``: host None when the
+    name carries none (this machine's), pid None when there is no pid."""
     for marker in (".tmp-", ".old-"):
         if marker in name:
-            head = name.rsplit(marker, 1)[1].split("-", 1)[0]
-            return int(head) if head.isdigit() else None
-    return None
+            m = _WRITER.match(name.rsplit(marker, 1)[1])
+            return (int(m.group(1)), m.group(2)) if m else (None, None)
+    return None, None
+
+
+def _writer_pid(name: str) -> Optional[int]:
+    """The pid in ``.<name>.tmp-<pid>[@<host>][-XXXX]`` / ``.<name>.old-<pid>-XXXX``; None when there is none."""
+    return _writer(name)[0]
 
 
 def pid_alive(pid: int) -> bool:
@@ -233,16 +253,19 @@ def remove_stale_tmp(folder: str) -> List[str]:
 
     Only names whose writer pid is not a running process are removed: a
     concurrent writer's temp file (another run writing into the same folder)
-    is left alone, and so is a name without a pid (we cannot tell).
+    is left alone, and so is a name without a pid (we cannot tell), and a name
+    that carries another machine's name (``@<host>``: a pid is only known on its
+    own machine, and the folder may be on a file system shared by several).
     """
     removed: List[str] = []
     if not os.path.isdir(folder):
         return removed
+    here = host_tag()
     for name in os.listdir(folder):
         if not name.startswith(".") or not (".tmp-" in name or ".old-" in name):
             continue
-        pid = _writer_pid(name)
-        if pid is None or pid_alive(pid):
+        pid, host = _writer(name)
+        if pid is None or (host is not None and host != here) or pid_alive(pid):
             continue
         p = os.path.join(folder, name)
         if os.path.isdir(p):
@@ -551,28 +574,74 @@ def write_rank(path: str, qids: Iterable[int], pid_lists: Iterable[Iterable[int]
 
 
 # --------------------------------------------------------------------------- embeddings
-def open_embeddings(path: str, dim: Optional[int] = None, n: Optional[int] = None) -> np.memmap:
-    """Open a float32 ``[N, dim]`` embedding memmap (no header; the shape comes from the caller).
+# Embedding files are raw row-major [rows, dim] arrays without a header, float32 as the original wrote them
+# or float16 (``--embedding_dtype float16``).  The sidecar ``<file>.info.json`` (written by drhard.encode
+# last, as the proof that the file is complete) records rows, dim and dtype; a file without one is float32,
+# the original's format.
+EMBEDDING_DTYPES = ("float32", "float16")
+EMBEDDING_SIDECAR_SUFFIX = ".info.json"
 
+
+def embedding_sidecar_path(path: str) -> str:
+    """``<file>.info.json``, the sidecar of an embedding file."""
+    return path + EMBEDDING_SIDECAR_SUFFIX
+
+
+def read_embedding_info(path: str) -> Optional[dict]:
+    """The sidecar of the embedding file ``path`` as a dict; None when there is none or it is not a JSON object."""
+    try:
+        with open(embedding_sidecar_path(path), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def check_embedding_dtype(dtype) -> np.dtype:
+    """``float32`` or ``float16`` as a numpy dtype; anything else is a ``ValueError``."""
+    dt = np.dtype(dtype)
+    if dt.name not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {dt.name}")
+    return dt
+
+
+def embedding_dtype(path: str) -> np.dtype:
+    """The dtype of the embedding file ``path``: its sidecar's ``dtype``, float32 without a sidecar (the
+    original's files).  A sidecar naming another dtype is a ``DataError``."""
+    info = read_embedding_info(path)
+    name = "float32" if info is None or info.get("dtype") is None else info.get("dtype")
+    if name not in EMBEDDING_DTYPES:
+        raise data_error(embedding_sidecar_path(path), None, f"dtype {name!r} is not one of "
+                         f"{', '.join(EMBEDDING_DTYPES)}")
+    return np.dtype(name)
+
+
+def open_embeddings(path: str, dim: Optional[int] = None, n: Optional[int] = None,
+                    dtype=None) -> np.memmap:
+    """Open an embedding memmap ``[N, dim]`` read-only (no header; the shape comes from the caller).
+
+    ``dtype``: float32 or float16; None reads it from the sidecar (``embedding_dtype``: float32 without one).
     Either ``dim`` or ``n`` must be known; the file size must be a whole number of rows.
     """
     if not os.path.exists(path):
         raise data_error(path, None, "embedding memmap not found")
+    dt = embedding_dtype(path) if dtype is None else check_embedding_dtype(dtype)
+    item = dt.itemsize
     size = os.path.getsize(path)
     if dim is None and n is None:
         raise ValueError("open_embeddings needs dim or n")
     if dim is None:
-        if n <= 0 or size % (4 * n):
-            raise data_error(path, None, f"{size} bytes is not {n} float32 rows")
-        dim = size // (4 * n)
-    if size % (4 * dim):
-        raise data_error(path, None, f"{size} bytes is not a whole number of float32 rows of dim {dim} "
+        if n <= 0 or size % (item * n):
+            raise data_error(path, None, f"{size} bytes is not {n} {dt.name} rows")
+        dim = size // (item * n)
+    if size % (item * dim):
+        raise data_error(path, None, f"{size} bytes is not a whole number of {dt.name} rows of dim {dim} "
                          "(truncated, or written by a model of another embedding size)")
-    rows = size // (4 * dim)
+    rows = size // (item * dim)
     if n is not None and rows != n:
-        raise data_error(path, None, f"holds {rows} rows of dim {dim}, expected {n} "
+        raise data_error(path, None, f"holds {rows} {dt.name} rows of dim {dim}, expected {n} "
                          "(truncated, or written by a model of another embedding size)")
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    return np.memmap(path, dtype=dt, mode="r", shape=(rows, dim))
 
 
 def save_array_memmap(path: str, array: np.ndarray, dtype) -> None:
